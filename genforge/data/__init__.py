@@ -1,0 +1,1 @@
+"""Data layer: sources -> cleaned, de-duplicated, split, gated, versioned datasets."""
