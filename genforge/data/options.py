@@ -15,7 +15,9 @@ ColumnType = Literal["numeric", "categorical", "boolean", "datetime", "id", "tex
 class ImageOptions(StrictModel):
     size: int = Field(32, ge=8, le=1024, description="output side in pixels: resize short side, centre-crop square")
     channels: Literal["auto", 1, 3] = Field("auto", description="auto: 1 when every image is grayscale, else 3")
-    near_duplicate_hamming: int = Field(6, ge=0, le=64, description="max perceptual-hash distance of near-duplicates (0: off)")
+    labels: Literal["auto", "folders", "none"] = Field("auto", description="folders: class = first sub-folder name; none: unlabeled; auto: folders when images sit in sub-folders")
+    near_duplicate_hamming: int = Field(6, ge=0, le=64, description="max pHash (64-bit) distance of near-duplicate candidates (0: near-duplicate removal off)")
+    near_duplicate_max_rmse: float = Field(5.0, ge=0, le=255, description="a candidate is a near-duplicate when its 16x16 grayscale thumbnail is within this RMSE (0-255 scale)")
     chunk_size: int = Field(1024, ge=16, le=65536, description="images held in memory at once")
     workers: int = Field(0, ge=0, le=64, description="decoding processes (0: one per CPU core)")
 
@@ -38,6 +40,8 @@ class TableOptions(StrictModel):
     types: dict[str, ColumnType] = Field(default_factory=dict, description="override inferred column types")
     label_column: str | None = Field(None, description="optional class column (used to stratify the split)")
     drop_duplicate_rows: bool = True
+    encoding: str = Field("auto", description="csv encoding: 'auto' detects (see text.encoding); anything else is used as given")
+    max_categories: int = Field(50, ge=1, description="a string column with at most this many distinct, repeating values is categorical")
 
 
 class PiiOptions(StrictModel):

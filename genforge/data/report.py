@@ -17,16 +17,25 @@ def _gate_from_json(g: dict) -> GateReport:
     return GateReport(rules=[RuleResult(**r) for r in g.get("rules", [])], forced=g.get("forced", False))
 
 
+def _brief(value):
+    """A cleaning entry in a few characters: a decision list ({"count": n, "items": [...]}, or
+    {"found": n, ...} for PII) by its count, other lists and dicts by their length."""
+    if isinstance(value, dict):
+        return next((value[k] for k in ("count", "found") if k in value), len(value))
+    return len(value) if isinstance(value, list) else value
+
+
 def _cleaning_lines(cleaning: dict) -> list[str]:
     """One line per cleaning decision type, with its count."""
     lines = []
     for key, value in cleaning.items():
-        if isinstance(value, list):
-            lines.append(f"{key}: {len(value)}")
+        if isinstance(value, dict) and "count" in value:
+            extras = [f"{k}={v}" for k, v in value.items() if k not in ("count", "rule") and not isinstance(v, (list, dict))]
+            lines.append(f"{key}: {value['count']}" + (f" ({', '.join(extras)})" if extras else ""))
         elif isinstance(value, dict):
-            lines.append(f"{key}: " + ", ".join(f"{k}={v if not isinstance(v, (list, dict)) else len(v)}" for k, v in value.items()))
+            lines.append(f"{key}: " + ", ".join(f"{k}={_brief(v)}" for k, v in value.items()))
         else:
-            lines.append(f"{key}: {value}")
+            lines.append(f"{key}: {_brief(value)}")
     return lines
 
 
