@@ -107,6 +107,14 @@ def validate(model: type[M], data: dict[str, Any], source: str = "config") -> M:
         raise ConfigError(format_validation_error(e, model, source)) from None
 
 
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """`top` wins; nested sections are merged key by key rather than replaced."""
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
 def load_config(model: type[M], path: str | Path | None = None, overrides: list[str] | None = None) -> M:
     """Read YAML (or start from defaults), apply overrides, validate. The one entry for configs."""
     data = read_yaml(path) if path else {}

@@ -9,7 +9,8 @@ from typing import Any
 
 from genforge.data.gate import GateReport, GateStats, run_gate
 from genforge.data.options import IngestConfig
-from genforge.data.sources import detect_kind
+from genforge.config import deep_merge, validate
+from genforge.data.sources import builtin_defaults, detect_kind
 from genforge.data.store import DatasetManifest, DatasetWriter
 from genforge.errors import GateError
 from genforge.workspace import atomic_write_json, datasets_dir
@@ -56,7 +57,8 @@ def ingest(source: str, name: str, cfg: IngestConfig | None = None, force: bool 
     Raises GateError naming each failed rule unless `force`; the rejected attempt's full report
     is kept in `datasets/<name>/rejected.json` so nothing the cleaning found is lost.
     """
-    cfg = cfg or IngestConfig()
+    # A built-in's own settings sit under whatever the user set explicitly.
+    cfg = validate(IngestConfig, deep_merge(builtin_defaults(source), (cfg or IngestConfig()).model_dump(exclude_unset=True)))
     kind = detect_kind(source, cfg.kind)
     writer = DatasetWriter(name, kind)  # type: ignore[arg-type]
     try:

@@ -45,7 +45,6 @@ from genforge.errors import ConfigError, DataError
 MISSING_TOKENS = frozenset({"", "NA", "N/A", "n/a", "NaN", "nan", "NULL", "null", "None", "#N/A"})
 TRUE_TOKENS = frozenset({"true", "yes", "t", "y", "是"})
 FALSE_TOKENS = frozenset({"false", "no", "f", "n", "否"})
-BUILTIN_LABELS = {"penguins": "species"}  # the class column of built-in tables
 MAX_CATEGORIES_LISTED = 1000
 
 _INT = r"[+-]?(?:0|[1-9][0-9]*)"
@@ -64,9 +63,9 @@ def _read(source: str, cfg: IngestConfig) -> tuple[pd.DataFrame, list[int], dict
     if source.startswith("builtin:"):
         from genforge.data.sources import get_builtin
 
-        name, b = get_builtin(source)
+        _, b = get_builtin(source)
         frame = b.load().reset_index(drop=True)
-        return frame, list(range(len(frame))), {"label_column": BUILTIN_LABELS.get(name)}, {"row_ids": "0-based row of the built-in table"}
+        return frame, list(range(len(frame))), {}, {"row_ids": "0-based row of the built-in table"}
     path = Path(source)
     if path.suffix.lower() == ".parquet":
         try:
@@ -262,8 +261,7 @@ def prepare_table(source: str, cfg: IngestConfig, writer: DatasetWriter) -> Prep
     unknown = sorted(set(opts.types) - set(columns))
     if unknown:
         raise ConfigError(f"table.types names columns that {source} does not have: {', '.join(unknown)}; columns: {', '.join(columns)}")
-    builtin_label = details.pop("label_column", None)
-    label_col = opts.label_column or builtin_label
+    label_col = opts.label_column
     if label_col is not None and label_col not in columns:
         raise ConfigError(f"table.label_column={label_col!r} is not a column of {source}; columns: {', '.join(columns)}")
     skipped = reading.get("skipped", [])

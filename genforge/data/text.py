@@ -45,7 +45,6 @@ DETECT_SAMPLE = 1 << 20  # bytes of a non-UTF-8 file the encoding detector looks
 # Python's gb2312 and gbk codecs differ from gb18030 (their superset, the Chinese national standard)
 # only in a few punctuation mappings ('—' vs '―'), so all three are read as gb18030.
 _SUPERSET = {"gb2312": "gb18030", "gbk": "gb18030"}
-BUILTIN_LABELS = {"reviews": "label"}  # the class field of built-in corpora
 _BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
 
@@ -279,9 +278,9 @@ def _read_source(source: str, opts: TextOptions) -> _Read:
     if source.startswith("builtin:"):
         from genforge.data.sources import get_builtin
 
-        name, b = get_builtin(source)
+        _, b = get_builtin(source)
         frame: pd.DataFrame = b.load()
-        label_field = opts.label_field or BUILTIN_LABELS.get(name)
+        label_field = opts.label_field
         items = list(enumerate(frame.to_dict("records")))
         skipped: list = []
         records = _read_mappings(items, skipped, opts, source, label_field)
