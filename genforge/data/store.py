@@ -116,7 +116,7 @@ class DatasetWriter:
             return open_dataset(f"{self.name}@{version}").manifest, False
         manifest = DatasetManifest(
             name=self.name, version=version, kind=self.kind, content_hash=content_hash,
-            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), files=files, **fields,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="microseconds"), files=files, **fields,
         )
         atomic_write_json(self.tmp / "manifest.json", manifest.to_json())
         created = publish_dir(self.tmp, final)
