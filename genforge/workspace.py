@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 HOME_ENV = "GENFORGE_HOME"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 DEFAULT_HOME = "genforge-workspace"
 
 
@@ -45,6 +47,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _publishable(tmp: str) -> None:
+    """mkstemp creates 0600 files; give the final file the mode a plain open() would have."""
+    os.chmod(tmp, 0o666 & ~_UMASK)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write `data` to `path` via temporary file + fsync + rename."""
     path = Path(path)
@@ -55,6 +62,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        _publishable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -82,6 +90,7 @@ def atomic_write_with(path: str | os.PathLike, writer) -> Path:
         writer(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        _publishable(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

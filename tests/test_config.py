@@ -68,3 +68,10 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert json.loads(target.read_text()) == {"a": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_atomic_write_gives_normal_file_mode(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    p = atomic_write_bytes(tmp_path / "report.html", b"x")
+    assert (p.stat().st_mode & 0o777) == 0o666 & ~umask

@@ -1,0 +1,209 @@
+"""Checkpoints: safetensors weights plus a json state, written so a crash never costs a good one.
+
+`checkpoints/step-<0000000>/` holds
+  model.safetensors      every module of the family, keys `<module>.<parameter>`
+  ema.safetensors        the EMA copies (when EMA is on), same keys
+  optimizer.safetensors  every optimizer's tensors, keys `<optimizer>.<param index>.<name>`
+  state.json             step, data position, RNG states, optimizer hyper-parameters, whatever the
+                         trainer adds, and the sha256 of each file above (written last)
+A checkpoint is assembled in a hidden directory and renamed into place when complete; older ones
+are pruned only after that. On resume, a checkpoint whose files do not match their checksums is
+set aside (renamed `*.damaged-*`) and the previous good one is used.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import random
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from genforge.errors import CheckpointError
+from genforge.workspace import atomic_write_json, atomic_write_with, publish_dir
+
+FORMAT = "genforge-checkpoint/1"
+_NAME = re.compile(r"^step-(\d{7,})$")
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- RNG states
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.numpy().tobytes()).decode()
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8)
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every RNG a training step may touch: Python, NumPy, torch CPU and each CUDA device."""
+    np_state = np.random.get_state()
+    return {
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": _b64(torch.get_rng_state()),
+        "cuda": [_b64(s) for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(_unb64(state["torch"]))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in state["cuda"]])
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _module_tensors(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    # safetensors stores the standard layout; channels-last weights are copied back in place on load
+    return {f"{name}.{k}": v.detach().contiguous().cpu() for name, m in modules.items() for k, v in m.state_dict().items()}
+
+
+def _optimizer_tensors(optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors, groups = {}, {}
+    for name, opt in optimizers.items():
+        sd = opt.state_dict()
+        for idx, st in sd["state"].items():
+            for k, v in st.items():
+                tensors[f"{name}.{idx}.{k}"] = torch.as_tensor(v).detach().contiguous().cpu()
+        groups[name] = sd["param_groups"]
+    return tensors, groups
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first (in-progress and damaged ones are hidden)."""
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _NAME.match(p.name)) and p.is_dir()] if root.is_dir() else []
+    return [p for _, p in sorted(found)]
+
+
+def save_checkpoint(root: Path, step: int, *, modules: dict[str, nn.Module], ema: dict[str, nn.Module],
+                    optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any], keep: int) -> Path:
+    """Write checkpoint `step`, then prune to the newest `keep`. Returns its directory."""
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        opt_tensors, param_groups = _optimizer_tensors(optimizers)
+        files = {"model.safetensors": _module_tensors(modules), "optimizer.safetensors": opt_tensors}
+        if ema:
+            files["ema.safetensors"] = _module_tensors(ema)
+        sums = {}
+        for fname, tensors in files.items():
+            atomic_write_with(tmp / fname, lambda p, t=tensors: save_file(t, p, metadata={"format": FORMAT}))
+            sums[fname] = _sha256(tmp / fname)
+        atomic_write_json(tmp / "state.json", {"format": FORMAT, "step": step, **state,
+                                                "param_groups": param_groups, "files": sums})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():  # left by a run that crashed after this step; ours is the one to keep
+        shutil.rmtree(final)
+    publish_dir(tmp, final)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+# ----------------------------------------------------------------------------- reading
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    state: dict[str, Any]
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    def tensors(self, fname: str) -> dict[str, torch.Tensor]:
+        return load_file(str(self.path / fname))
+
+    def has(self, fname: str) -> bool:
+        return fname in self.state["files"]
+
+
+def verify(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(state, "") when every file matches its checksum, else (None, what is wrong)."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return None, f"state.json is unreadable ({e.__class__.__name__})"
+    if state.get("format") != FORMAT:
+        return None, f"state.json has format {state.get('format')!r}, expected {FORMAT!r}"
+    for fname, sha in state.get("files", {}).items():
+        p = path / fname
+        if not p.is_file():
+            return None, f"{fname} is missing"
+        if _sha256(p) != sha:
+            return None, f"{fname} does not match its checksum (truncated or changed)"
+    return state, ""
+
+
+def latest_checkpoint(root: Path, warn: Callable[[str], None], repair: bool = False) -> Checkpoint | None:
+    """The newest checkpoint that verifies; each damaged newer one is reported via `warn`.
+
+    With `repair` (the trainer, about to write here again) damaged ones are renamed
+    `step-N.damaged-*` so step N can be written anew, and half-written `.tmp-*` ones are removed."""
+    if repair:
+        for tmp in root.glob(".tmp-step-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+    for path in reversed(list_checkpoints(root)):
+        state, problem = verify(path)
+        if state is not None:
+            return Checkpoint(path, state)
+        aside = path.with_name(f"{path.name}.damaged-{uuid.uuid4().hex[:6]}")
+        warn(f"checkpoint {path.name} is damaged: {problem}; " + (f"moved to {aside.name}; " if repair else "")
+             + "falling back to the previous one")
+        if repair:
+            path.rename(aside)
+    return None
+
+
+def load_modules(ckpt: Checkpoint, modules: dict[str, nn.Module], fname: str = "model.safetensors") -> None:
+    """Copy weights into `modules` in place (their device and memory format are kept)."""
+    tensors = ckpt.tensors(fname)
+    for name, m in modules.items():
+        prefix = f"{name}."
+        sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        try:
+            m.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise CheckpointError(f"{ckpt.path / fname} does not fit module {name!r}: {e}") from None
+
+
+def load_optimizers(ckpt: Checkpoint, optimizers: dict[str, torch.optim.Optimizer]) -> None:
+    tensors = ckpt.tensors("optimizer.safetensors")
+    for name, opt in optimizers.items():
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, v in tensors.items():
+            opt_name, idx, k = key.rsplit(".", 2)
+            if opt_name == name:
+                state.setdefault(int(idx), {})[k] = v
+        opt.load_state_dict({"state": state, "param_groups": ckpt.state["param_groups"][name]})
+        for p, st in opt.state.items():  # moments in the parameter's own layout (channels-last),
+            for k, v in st.items():      # as fused kernels walk them element by element with it
+                if v.shape == p.shape:
+                    st[k] = torch.empty_like(p).copy_(v)

@@ -1,0 +1,186 @@
+"""The evaluation report: one self-contained HTML file a product owner can open offline.
+
+Every image (sample grids, loss curves) is an embedded base64 PNG and the style sheet is inline,
+so the file can be mailed or archived alone. The page is a jinja2 template (`templates/`);
+this module only prepares what it shows.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from PIL import Image
+from rich.table import Table
+
+from genforge.data.store import Dataset
+from genforge.runs import Run, image_grid
+
+PER_CLASS = 10  # images per class row in the grids
+PAD = 2         # grid padding in pixels, as `image_grid` draws it
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    better: str  # "lower" or "higher"
+    digits: int
+    meaning: str
+
+
+METRICS = (
+    Metric("fd", "FD (evaluator)", "lower", 3, "Fréchet distance between the evaluator-network features of these images and of the "
+           "training images: overall realism and variety in one figure."),
+    Metric("kid", "KID (evaluator)", "lower", 4, "Kernel distance on the same features; unbiased, so sets of different sizes compare fairly. "
+           "About 0 for real images."),
+    Metric("precision", "Precision", "higher", 3, "Share of images that fall among real images in feature space: fidelity."),
+    Metric("recall", "Recall", "higher", 3, "Share of real images that the set reaches: variety. Collapsed or repetitive sets score near 0."),
+    Metric("classifier_score", "Classifier score", "higher", 2, "Inception-Score style: high when each image is clearly one class and "
+           "all classes appear; at most the number of classes."),
+    Metric("class_coverage", "Class coverage", "higher", 2, "Share of classes that receive at least half their expected share of images."),
+    Metric("conditional_accuracy", "Conditional accuracy", "higher", 3, "Share of images the evaluator labels as the class asked for. "
+           "On the reference row: the evaluator's own accuracy on held-out images, the ceiling."),
+    Metric("memorisation", "Memorisation", "lower", 3, "Share of images that are near-copies of one training image (nearest training image "
+           "under a quarter of the mean distance to the 50 nearest)."),
+    Metric("fid", "FID (Inception)", "lower", 2, "Standard FID with the Inception-v3 network of published figures, against the train split. "
+           "Comparable with papers only at equal image counts (FID falls as N grows)."),
+)
+
+
+@dataclass
+class ReportEntry:
+    """One evaluated run as the report shows it."""
+
+    run: Run
+    metrics: dict[str, Any]
+    samples: np.ndarray        # uint8 (N, C, H, W)
+    sample_labels: np.ndarray  # requested class per sample, -1 when unconditional
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def png_data_uri(array: np.ndarray) -> str:
+    """(H, W, C) or (H, W) uint8 -> a data: URI, so the page needs no other file."""
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG", optimize=True)
+    return _data_uri(buf.getvalue())
+
+
+def class_grid(images: np.ndarray, labels: np.ndarray, classes: list[str], per_class: int = PER_CLASS) -> dict[str, Any]:
+    """A grid with one row per class (first `per_class` images of each), or one square grid
+    when unlabeled; with the row names and the cell size the template needs to align them."""
+    labels = np.asarray(labels)
+    if classes and (labels >= 0).any():
+        keep = np.concatenate([np.flatnonzero(labels == c)[:per_class] for c in range(len(classes))]).astype(int)
+        rows = [classes[c] for c in range(len(classes)) if (labels == c).any()]
+    else:
+        keep, rows = np.arange(min(len(images), per_class * per_class)), []
+    grid = image_grid(images[keep], labels[keep].tolist() if rows else None, pad=PAD)
+    scale = max(1, 64 // images.shape[2])  # small images are shown enlarged, pixels kept sharp
+    return {"uri": png_data_uri(grid), "width": grid.shape[1] * scale, "rows": rows,
+            "row_height": (images.shape[2] + PAD) * scale, "pad": PAD * scale}
+
+
+def loss_curves(entries: list[ReportEntry]) -> str | None:
+    """Train (and val) loss against step for each run, as an embedded PNG; None without metrics."""
+    from matplotlib.figure import Figure  # not pyplot: no global state, no display backend
+
+    fig = Figure(figsize=(8, 3.6), dpi=100)
+    ax = fig.subplots()
+    drawn = False
+    for j, e in enumerate(entries):
+        records = e.run.metrics()
+        for split, style in (("train", "-"), ("val", "o--")):
+            points = [(m["step"], m["loss"]) for m in records if m.get("split") == split and "loss" in m]
+            if points:
+                steps, losses = zip(*points)
+                label = f"{e.run.id} {split}" if len(entries) > 1 else split
+                ax.plot(steps, losses, style, markersize=3, label=label, color=f"C{j}" if len(entries) > 1 else None)
+                drawn = True
+    if not drawn:
+        return None
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return _data_uri(buf.getvalue())
+
+
+def format_value(value: Any, digits: int) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _table(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Only the metrics some row has, each cell formatted."""
+    metrics = [m for m in METRICS if any(r.get(m.key) is not None for r in rows)]
+    return {"metrics": metrics,
+            "rows": [{"name": r["name"], "kind": r["kind"], "n": r["n"],
+                      "cells": [format_value(r.get(m.key), m.digits) for m in metrics]} for r in rows]}
+
+
+def metrics_table(rows: list[dict[str, Any]], title: str = "evaluation") -> Table:
+    """The same figures for the terminal, one metric per line so that it fits 80 columns."""
+    t = _table(rows)
+    table = Table(title=title)
+    table.add_column("metric")
+    for r in t["rows"]:
+        table.add_column(r["name"] + (" (reference)" if r["kind"] == "reference" else ""), justify="right", overflow="fold")
+    table.add_row("images", *[str(r["n"]) for r in t["rows"]])
+    for i, m in enumerate(t["metrics"]):
+        table.add_row(f"{m.label} {'↓' if m.better == 'lower' else '↑'}", *[r["cells"][i] for r in t["rows"]])
+    return table
+
+
+def _env() -> Environment:
+    return Environment(loader=FileSystemLoader(Path(__file__).parent / "templates"),
+                       autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
+
+
+def render_report(entries: list[ReportEntry], dataset: Dataset | None, rows: list[dict[str, Any]]) -> str:
+    """The whole page as a string: one run (evaluate) or several (compare)."""
+    runs = []
+    for e in entries:
+        classes = list(e.run.data_spec.classes)
+        runs.append({
+            "id": e.run.id, "dataset": e.metrics["dataset"], "checkpoint": e.metrics["checkpoint"],
+            "grid": class_grid(e.samples, e.sample_labels, classes),
+            "config": yaml.safe_dump(e.run.config.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
+            "training": e.metrics.get("training", {}), "timings": e.metrics.get("timings", {}),
+            "options": e.metrics.get("options", {}),
+        })
+    card = None
+    if dataset is not None:
+        m = dataset.manifest
+        real, real_labels = dataset.images("val")
+        if not len(real):
+            real, real_labels = dataset.images("test")
+        card = {"ref": m.ref, "kind": m.kind, "created_at": m.created_at, "classes": m.classes,
+                "source": json.dumps(m.source, ensure_ascii=False, indent=1, default=str),
+                "counts": json.dumps(m.counts, ensure_ascii=False, indent=1, default=str),
+                "gate": m.gate, "real_grid": class_grid(real, real_labels, m.classes) if len(real) else None}
+    first = entries[0].metrics
+    return _env().get_template("report.html.j2").render(
+        title=("Evaluation of " + entries[0].run.id) if len(entries) == 1 else f"Comparison of {len(entries)} runs",
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), table=_table(rows), runs=runs, dataset=card,
+        loss_curves=loss_curves(entries), evaluator=first.get("evaluator", {}), standard_fid=first.get("standard_fid", {}),
+        fid_notes={e.run.id: e.metrics.get("standard_fid", {}) for e in entries},
+    )

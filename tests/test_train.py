@@ -1,0 +1,208 @@
+"""The training loop end to end on a tiny UNet and real digits: the run's artifacts, exact resume
+(in process, and after SIGKILL), damaged checkpoints, budgets and config errors."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from genforge.cli import _app
+from genforge.errors import ConfigError
+from genforge.runs import RunConfig, list_runs, load_run, parse_run_config
+from genforge.train import learning_rate, train
+from imagesets import digits, write_images
+
+TINY = {
+    "name": "tiny",
+    "data": {"dataset": "digits"},
+    "model": {"family": "diffusion", "channels": [8, 16], "blocks": 1, "attention": [False, True],
+              "head_dim": 8, "groups": 4, "timesteps": 100},
+    "train": {"steps": 12, "batch_size": 16, "warmup_steps": 2, "log_every": 3, "val_every": 6, "val_items": 32,
+              "checkpoint_every": 4, "keep_checkpoints": 2, "threads": 1},
+    "sample": {"steps": 5},
+}
+
+
+@pytest.fixture
+def data():
+    x, y = digits(160)
+    return write_images("digits", x, y, [str(i) for i in range(10)], val=32)
+
+
+def tiny(**train) -> RunConfig:
+    return parse_run_config({**TINY, "train": {**TINY["train"], **train}})
+
+
+def weights(run_dir, step, fname="model.safetensors"):
+    return load_file(str(run_dir / "checkpoints" / f"step-{step:07d}" / fname))
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    diff = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert diff == 0.0, f"max abs diff {diff}"
+
+
+def copy_run(src, name):
+    """A copy of a run as it would be after a crash: only its early checkpoints left."""
+    dst = src.parent / name
+    shutil.copytree(src, dst)
+    info = json.loads((dst / "run.json").read_text())
+    (dst / "run.json").write_text(json.dumps({**info, "id": name, "status": "running"}))
+    return dst
+
+
+def test_cli_train_and_generate_write_the_run(data, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    res = CliRunner().invoke(_app, ["train", str(cfg), "--set", "train.steps=8"])
+    assert res.exit_code == 0, res.output
+    run = load_run("latest")
+    assert run.info["status"] == "completed" and run.info["step"] == 8 and run.dataset_ref == data
+    assert run.info["family"] == "diffusion" and run.info["params"] > 1000 and run.info["wall_s"] > 0
+    assert run.data_spec.num_classes == 10 and (run.data_spec.channels, run.data_spec.height) == (1, 28)
+    assert run.config.train.steps == 8 and (run.path / "config.yaml").is_file()
+    assert [p.name for p in sorted((run.path / "checkpoints").iterdir())] == ["step-0000004", "step-0000008"]
+    train_rows = [m for m in run.metrics() if m["split"] == "train"]
+    assert [m["step"] for m in train_rows] == [3, 4, 6, 8]  # every log_every, and at each checkpoint
+    assert {"loss", "lr", "items_per_s", "grad_norm", "time_s"} <= set(train_rows[0])
+    assert [m["step"] for m in run.metrics() if m["split"] == "val"] == [6, 8]
+
+    out = tmp_path / "gen"
+    args = ["generate", run.id[:8], "--n", "6", "--label", "3", "--steps", "4", "--guidance", "2.0", "--seed", "0"]
+    assert CliRunner().invoke(_app, args + ["--out", str(out)]).exit_code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["grid.png"] + [f"sample-{i:04d}.png" for i in range(6)] + ["samples.json"]
+    assert Image.open(out / "sample-0000.png").size == (28, 28)
+    meta = json.loads((out / "samples.json").read_text())
+    assert meta["labels"] == [3] * 6 and meta["checkpoint"] == "step-0000008"
+    again = tmp_path / "gen2"
+    assert CliRunner().invoke(_app, args + ["--out", str(again)]).exit_code == 0
+    assert (out / "grid.png").read_bytes() == (again / "grid.png").read_bytes()  # same seed, same images
+
+    images = run.sample_images(10, steps=3)  # classes in turn: the grid has one row per class
+    assert images.shape == (10, 1, 28, 28) and images.dtype == np.uint8
+    assert not np.array_equal(images, run.sample_images(10, steps=3, seed=1))
+    res = CliRunner().invoke(_app, ["generate", run.id, "--n", "2", "--label", "10"])
+    assert res.exit_code != 0 and "between 0 and 9, got 10" in str(res.exception)
+
+
+def test_resume_continues_exactly(data, capsys):
+    """Stop after step 4 (all that is left of a copy), resume: the weights at 12 equal an uninterrupted run's."""
+    full = train(tiny())
+    crashed = copy_run(full, "tiny-crashed")
+    for step in (8, 12):
+        shutil.rmtree(crashed / "checkpoints" / f"step-{step:07d}")
+    train(tiny(), resume=True, run="tiny-crashed")
+    for fname in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        assert_same(weights(full, 12, fname), weights(crashed, 12, fname))
+    metrics = [(m["step"], m["split"]) for m in load_run(crashed).metrics()]
+    assert metrics == [(m["step"], m["split"]) for m in load_run(full).metrics()]  # nothing logged twice
+
+
+def test_damaged_newest_checkpoint_falls_back(data, capsys):
+    full = train(tiny())
+    broken = copy_run(full, "tiny-broken")
+    model_file = broken / "checkpoints" / "step-0000012" / "model.safetensors"
+    model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])  # truncated
+    train(tiny(), resume=True, run="tiny-broken")
+    err = capsys.readouterr().err
+    assert "step-0000012 is damaged" in err and "falling back" in err
+    assert len(list((broken / "checkpoints").glob("step-0000012.damaged-*"))) == 1
+    assert_same(weights(full, 12), weights(broken, 12))  # redone from step 8
+
+
+def test_sigkill_mid_run_then_resume(data, tmp_path):
+    """A real crash: kill -9 a `genforge train` process mid-run, `--resume`, compare with a whole run."""
+    cfg = {**TINY, "train": {**TINY["train"], "steps": 30, "checkpoint_every": 2, "val_every": 0}}
+    full = train(parse_run_config(cfg))
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    cmd = [sys.executable, "-c", "from genforge.cli import app; app()", "train", str(path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        runs = [p for p, _ in list_runs() if p != full]
+        if runs and len(list((runs[0] / "checkpoints").glob("step-*"))) >= 2:  # at least 2 checkpoints: mid-run
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training ended before it could be killed: " + proc.stderr.read().decode()[-500:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = [p for p, _ in list_runs() if p != full][0]
+    assert json.loads((killed / "run.json").read_text())["status"] == "running"
+    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((killed / "run.json").read_text())["status"] == "completed"
+    assert_same(weights(full, 30), weights(killed, 30))
+    assert_same(weights(full, 30, "ema.safetensors"), weights(killed, 30, "ema.safetensors"))
+    steps = [m["step"] for m in load_run(killed).metrics()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))
+
+
+def test_resume_refuses_a_changed_config(data):
+    train(tiny(steps=4))
+    with pytest.raises(ConfigError, match=r"train.lr \(run: 0.001, now: 0.002\)"):
+        train(tiny(steps=4, lr=2e-3), resume=True)
+
+
+def test_epochs_and_minutes_budgets(data):
+    run = load_run(train(tiny(steps=None, epochs=2, val_every=0)))
+    assert run.info["step"] == 2 * (128 // 16)
+    run = load_run(train(tiny(steps=None, minutes=0.03, val_every=0, checkpoint_every=1000)))
+    assert run.info["status"] == "completed" and run.info["wall_s"] >= 1.8 and run.info["step"] >= 1
+    run = load_run(train(tiny(steps=100_000, minutes=0.03, warmup_steps=0, val_every=0, checkpoint_every=1000)))
+    assert run.info["wall_s"] >= 1.8 and 1 <= run.info["step"] < 100_000
+    assert [m["lr"] for m in run.metrics()][-1] < 0.5 * tiny().train.lr  # the cosine followed the clock
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine():
+    tc = tiny(lr=1.0, warmup_steps=4, min_lr_ratio=0.1).train
+    assert [learning_rate(tc, s, 0.0) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert learning_rate(tc, 4, 0.0) == 1.0
+    assert learning_rate(tc, 8, 0.5) == pytest.approx(0.55)
+    assert learning_rate(tc, 12, 1.0) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("change,msg", [
+    ({"train": {**TINY["train"], "epochs": 3}}, "steps or epochs, not both"),
+    ({"train": {**TINY["train"], "steps": None}}, "set a budget"),
+    ({"train": {**TINY["train"], "lr": -1}}, "train.lr"),
+    ({"model": {**TINY["model"], "chanels": [8]}}, "unknown key 'model.chanels'; allowed keys: attention, blocks"),
+    ({"model": {"channels": [8]}}, "'model.family' is required"),
+    ({"model": {"family": "gan"}}, "model.family must be one of diffusion"),
+    ({"name": "a b"}, "name"),
+])
+def test_config_errors(change, msg):
+    with pytest.raises(ConfigError, match=msg):
+        parse_run_config({**TINY, **change})
+
+
+def test_data_errors(data):
+    with pytest.raises(ConfigError, match=r"train.batch_size \(500\) must not exceed the train split \(128 images\)"):
+        train(tiny(batch_size=500))
+    with pytest.raises(Exception, match="no dataset named 'nope'"):
+        train(parse_run_config({**TINY, "data": {"dataset": "nope"}}))
+
+
+def test_ddp_is_not_needed_for_one_process(data):
+    """WORLD_SIZE unset: no process group is created; the run says world_size 1."""
+    run = load_run(train(tiny(steps=2)))
+    assert run.info["world_size"] == 1 and not torch.distributed.is_initialized()
+
+
+def test_bf16_autocast_and_nchw_train(data):
+    run = load_run(train(tiny(steps=3, precision="bf16", channels_last=False, val_every=3)))
+    losses = [m["loss"] for m in run.metrics()]
+    assert run.info["status"] == "completed" and all(np.isfinite(losses))
+    assert run.sample_images(2, steps=2).shape == (2, 1, 28, 28)
