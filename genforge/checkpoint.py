@@ -14,7 +14,6 @@ set aside (renamed `*.damaged-*`) and the previous good one is used.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import random
 import re
@@ -30,18 +29,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from genforge.errors import CheckpointError
-from genforge.workspace import atomic_write_json, atomic_write_with, publish_dir
+from genforge.workspace import atomic_write_json, atomic_write_with, publish_dir, sha256_file
 
 FORMAT = "genforge-checkpoint/1"
 _NAME = re.compile(r"^step-(\d{7,})$")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- RNG states
@@ -113,7 +104,7 @@ def save_checkpoint(root: Path, step: int, *, modules: dict[str, nn.Module], ema
         sums = {}
         for fname, tensors in files.items():
             atomic_write_with(tmp / fname, lambda p, t=tensors: save_file(t, p, metadata={"format": FORMAT}))
-            sums[fname] = _sha256(tmp / fname)
+            sums[fname] = sha256_file(tmp / fname)
         atomic_write_json(tmp / "state.json", {"format": FORMAT, "step": step, **state,
                                                 "param_groups": param_groups, "files": sums})
     except BaseException:
@@ -157,7 +148,7 @@ def verify(path: Path) -> tuple[dict[str, Any] | None, str]:
         p = path / fname
         if not p.is_file():
             return None, f"{fname} is missing"
-        if _sha256(p) != sha:
+        if sha256_file(p) != sha:
             return None, f"{fname} does not match its checksum (truncated or changed)"
     return state, ""
 

@@ -7,6 +7,7 @@ the target (rename is atomic on POSIX within one filesystem).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -31,6 +32,15 @@ def datasets_dir() -> Path:
 
 def runs_dir() -> Path:
     return home() / "runs"
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file, read in blocks: how manifests and checkpoints prove their bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.numpy import load_file, save_file
 
 from genforge.errors import DataError
-from genforge.workspace import atomic_write_json, datasets_dir, publish_dir
+from genforge.workspace import atomic_write_json, datasets_dir, publish_dir, sha256_file
 
 FORMAT = "genforge-dataset/1"
 SPLITS = ("train", "val", "test")
@@ -59,14 +59,6 @@ class DatasetManifest(BaseModel):
 
     def to_json(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_name(name: str) -> str:
@@ -105,7 +97,7 @@ class DatasetWriter:
         digest = hashlib.sha256()
         for p in sorted(q for q in self.tmp.rglob("*") if q.is_file()):
             rel = p.relative_to(self.tmp).as_posix()
-            sha = _sha256_file(p)
+            sha = sha256_file(p)
             files.append({"path": rel, "sha256": sha, "bytes": p.stat().st_size})
             digest.update(f"{rel}\0{sha}\n".encode())
         content_hash = digest.hexdigest()
@@ -188,7 +180,7 @@ class Dataset:
         bad = []
         for f in self.manifest.files:
             p = self.path / f["path"]
-            if not p.is_file() or _sha256_file(p) != f["sha256"]:
+            if not p.is_file() or sha256_file(p) != f["sha256"]:
                 bad.append(f["path"])
         return bad
 
