@@ -81,6 +81,14 @@ def _check(rule: str, figure, limit, ok, detail: str) -> RuleResult:
     return RuleResult(rule, figure, limit, passed, "" if passed else detail.format(figure=_fmt(figure), limit=_fmt(limit)))
 
 
+def _check_worst(rule: str, figures: dict[str, float] | None, limit, pick, ok, detail: str) -> RuleResult:
+    """A per-item rule (per class, per column) judged on its worst item, which the detail names."""
+    if not figures:
+        return _check(rule, None, limit, ok, "")
+    name = pick(figures, key=figures.get)
+    return _check(rule, figures[name], limit, ok, detail.format(name=name))
+
+
 def run_gate(stats: GateStats, opts: GateOptions, force: bool = False) -> GateReport:
     ge, le = (lambda f, l: f >= l), (lambda f, l: f <= l)
     rules = [
@@ -90,16 +98,8 @@ def run_gate(stats: GateStats, opts: GateOptions, force: bool = False) -> GateRe
         _check("min_resolution", stats.min_resolution, opts.min_resolution, ge, "smallest image side is {figure} px, at least {limit} required"),
         _check("max_length_violation_share", stats.length_violation_share, opts.max_length_violation_share, le, "{figure} of the texts were outside the length bounds, at most {limit} allowed"),
     ]
-    if stats.per_class:
-        worst = min(stats.per_class, key=stats.per_class.get)
-        rules.append(_check("min_per_class", stats.per_class[worst], opts.min_per_class, ge,
-                            f"class {worst!r} has {{figure}} examples, at least {{limit}} required"))
-    else:
-        rules.append(_check("min_per_class", None, opts.min_per_class, ge, ""))
-    if stats.missing_share:
-        worst = max(stats.missing_share, key=stats.missing_share.get)
-        rules.append(_check("max_missing_share", stats.missing_share[worst], opts.max_missing_share, le,
-                            f"column {worst!r} is {{figure}} missing, at most {{limit}} allowed"))
-    else:
-        rules.append(_check("max_missing_share", None, opts.max_missing_share, le, ""))
+    rules.append(_check_worst("min_per_class", stats.per_class, opts.min_per_class, min, ge,
+                              "class {name!r} has {{figure}} examples, at least {{limit}} required"))
+    rules.append(_check_worst("max_missing_share", stats.missing_share, opts.max_missing_share, max, le,
+                              "column {name!r} is {{figure}} missing, at most {{limit}} allowed"))
     return GateReport(rules=rules, forced=force)
