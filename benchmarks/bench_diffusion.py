@@ -348,6 +348,12 @@ def write_results(results: dict, command: str) -> None:
               "one forward pass of 2 x batch per step, conditional and unconditional, for both")
     sample_rows = ("" if a['sample_all'] or a['device'] == "cuda" else
                    "On CPU only genforge's default setting samples; its other settings are in the training table.")
+    busy = m['load_avg_before'][0] > max(1.5, 0.5 * m['cores'])  # idle here reads 0-1 (the shell, the last run's tail)
+    load_note = ("Other work shared the cores during this run: contention can slow the contenders unevenly even though "
+                 "every repetition runs all of them in a rotated order (A/B/C, B/C/A, ...); rerun on an idle machine "
+                 "before quoting these ratios." if busy else
+                 "Nothing else was running: every repetition runs all contenders one after another in a rotated "
+                 "order (A/B/C, B/C/A, ...).")
     text = f"""# Diffusion benchmark: genforge vs Hugging Face diffusers
 
 Made by `{command}` on {results['date']} (it rewrites this file; see `benchmarks/README.md`).
@@ -357,8 +363,7 @@ Made by `{command}` on {results['date']} (it rewrites this file; see `benchmarks
 - CPU: {m['cpu']}, {m['cores']} cores (`lscpu`; torch's CPU capability: {m['torch_cpu_capability']}); {m.get('gpu', 'no GPU')}
 - Python {m['python']}, torch {m['versions']['torch']}, diffusers {m['versions']['diffusers']}, genforge {m['versions']['genforge']} (commit {m['git_commit']})
 - device {a['device']}, `torch.set_num_threads({a['threads']})`; load average before / after: {m['load_avg_before'][0]:.2f} / {results['load_avg_after'][0]:.2f}
-- The machine's cores were shared with other work during the run: every repetition runs all contenders
-  one after another in a rotated order (A/B/C, B/C/A, ...), so contention falls on all of them alike.
+- {load_note}
 
 ## What was compared
 
