@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from genforge.config import read_yaml
-from genforge.models import DataSpec, ImageBatch
+from genforge.models import DataSpec, ImageBatch, to_uint8, to_unit
 from genforge.models import diffusion as gd
 from genforge.runs import TrainConfig, autocast, place
 from genforge.train import Optimizers, make_optimizers
@@ -168,7 +168,7 @@ def diffusers_contender(cfg: gd.Config, spec: DataSpec, s: Setting, batch: Image
 
     def train_step() -> None:
         unet.train()
-        clean = (batch.images.float() / 127.5 - 1).contiguous(memory_format=fmt)
+        clean = to_unit(batch.images).contiguous(memory_format=fmt)
         eps = torch.randn_like(clean)
         t = torch.randint(0, cfg.timesteps, (len(clean),), device=device)
         noisy = train_sched.add_noise(clean, eps, t)
@@ -198,7 +198,7 @@ def diffusers_contender(cfg: gd.Config, spec: DataSpec, s: Setting, batch: Image
                 cond, uncond = out.chunk(2)
                 out = uncond + args.guidance * (cond - uncond)
             x = ddim.step(out, t, x, eta=0.0, use_clipped_model_output=True).prev_sample
-        ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu()
+        to_uint8(x).cpu()
 
     return Contender(f"diffusers {s.label}", "diffusers", s, train_step, sample)
 
@@ -278,7 +278,7 @@ def quality_check(cfg: gd.Config, spec: DataSpec, settings: list[Setting], args:
     rows = []
     for s in settings:
         pred, samples = outputs(s)
-        pix = ((samples + 1) * 127.5).round().clamp(0, 255) - ((ref_samples + 1) * 127.5).round().clamp(0, 255)
+        pix = to_uint8(samples).float() - to_uint8(ref_samples).float()
         rows.append({"setting": s.label, "eps_rel_err": rel_err(pred, ref_pred),
                      "sample_rel_err": rel_err(samples, ref_samples),
                      "sample_max_abs_levels": float(pix.abs().max()),

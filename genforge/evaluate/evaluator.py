@@ -24,6 +24,7 @@ from torch import nn
 
 from genforge.data.store import Dataset
 from genforge.errors import DataError
+from genforge.models import to_unit
 from genforge.workspace import atomic_write_json, atomic_write_with, home
 
 FORMAT = "genforge-evaluator/1"
@@ -69,7 +70,7 @@ class EvaluatorNet(nn.Module):
 
 
 def _to_input(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).float() / 127.5 - 1.0
+    return to_unit(torch.from_numpy(np.ascontiguousarray(images)))
 
 
 class Evaluator:

@@ -56,3 +56,13 @@ class DataSpec:
 class ImageBatch(NamedTuple):
     images: torch.Tensor  # uint8 (B, C, H, W)
     labels: torch.Tensor  # int64 (B,), -1 where unlabeled
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]: how image families and the evaluator see pixels."""
+    return images.float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255], rounded: the inverse of `to_unit` for generated images."""
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)

@@ -24,7 +24,7 @@ from torch import nn
 
 from genforge.config import StrictModel
 from genforge.errors import ModelError
-from genforge.models import DataSpec, ImageBatch
+from genforge.models import DataSpec, ImageBatch, to_uint8, to_unit
 
 
 class Config(StrictModel):
@@ -311,11 +311,6 @@ def build(config: Config, spec: DataSpec) -> dict[str, nn.Module]:
     return {"model": Diffusion(config, spec)}
 
 
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1]."""
-    return images.float() / 127.5 - 1.0
-
-
 def train_step(modules: dict[str, nn.Module], batch: ImageBatch, opt) -> dict[str, torch.Tensor]:
     loss = modules["model"](to_unit(batch.images), batch.labels)
     opt.step("model", loss)
@@ -354,5 +349,5 @@ def sample(modules: dict[str, nn.Module], spec: DataSpec, n: int, *, labels: lis
         x = noise[start:start + batch_size].to(device)
         y = torch.tensor(labels[start:start + batch_size], device=device) if K else None
         x0 = model.sample(x, y, options, step_gen)
-        out.append(((x0 + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).cpu())
+        out.append(to_uint8(x0).cpu())
     return torch.cat(out)
