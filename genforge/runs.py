@@ -278,17 +278,18 @@ def image_grid(images: np.ndarray, labels: list[int] | None = None, pad: int = 2
     return grid
 
 
-def _png(array: np.ndarray) -> Image.Image:
-    return Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
+def to_pil(array: np.ndarray) -> Image.Image:
+    """(H, W), (H, W, 1) or (H, W, C) uint8 -> a PIL image (one channel is grayscale)."""
+    return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
 
 
 def write_samples(images: np.ndarray, out: Path, labels: list[int] | None, meta: dict[str, Any]) -> Path:
     """grid.png, sample-0000.png ... and samples.json (what made them), each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(images):
-        atomic_write_with(out / f"sample-{i:04d}.png", lambda p, a=img: _png(a.transpose(1, 2, 0)).save(p, format="PNG"))
+        atomic_write_with(out / f"sample-{i:04d}.png", lambda p, a=img: to_pil(a.transpose(1, 2, 0)).save(p, format="PNG"))
     grid = image_grid(images, labels)
-    atomic_write_with(out / "grid.png", lambda p: _png(grid).save(p, format="PNG"))
+    atomic_write_with(out / "grid.png", lambda p: to_pil(grid).save(p, format="PNG"))
     atomic_write_json(out / "samples.json", {"format": SAMPLES_FORMAT, "count": len(images), "labels": labels, **meta})
     return out / "grid.png"
 

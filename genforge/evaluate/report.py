@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
-from PIL import Image
 from rich.table import Table
 
 from genforge.data.store import Dataset
-from genforge.runs import Run, image_grid
+from genforge.runs import Run, image_grid, to_pil
 
 PER_CLASS = 10  # images per class row in the grids
 PAD = 2         # grid padding in pixels, as `image_grid` draws it
@@ -72,10 +71,8 @@ def _data_uri(png: bytes) -> str:
 
 def png_data_uri(array: np.ndarray) -> str:
     """(H, W, C) or (H, W) uint8 -> a data: URI, so the page needs no other file."""
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
     buf = io.BytesIO()
-    Image.fromarray(array).save(buf, format="PNG", optimize=True)
+    to_pil(array).save(buf, format="PNG", optimize=True)
     return _data_uri(buf.getvalue())
 
 
