@@ -49,7 +49,7 @@ from genforge.config import read_yaml
 from genforge.models import DataSpec, ImageBatch, to_uint8, to_unit
 from genforge.models import diffusion as gd
 from genforge.runs import TrainConfig, autocast, place
-from genforge.train import Optimizers, make_optimizers
+from genforge.trainer import Optimizers, make_optimizers
 from genforge.workspace import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent

@@ -81,7 +81,7 @@ def train_cmd(
 ) -> None:
     """Train a model on a dataset version; under torchrun, with DDP."""
     from genforge.runs import load_run_config
-    from genforge.train import train
+    from genforge.trainer import train
 
     train(load_run_config(config, set_), resume=resume or bool(resume_from), run=resume_from, console=console)
 
@@ -125,8 +125,8 @@ def evaluate_cmd(
     """Score a run's samples beside real held-out images; write eval/metrics.json and eval/report.html."""
     import json
 
-    from genforge.evaluate.pipeline import EvalOptions, evaluate_run
-    from genforge.evaluate.report import metrics_table
+    from genforge.evaluation.pipeline import EvalOptions, evaluate_run
+    from genforge.evaluation.report import metrics_table
 
     report = evaluate_run(run, EvalOptions(n=n, seed=seed, steps=steps, guidance=guidance, sampler=sampler, fid=fid))
     metrics = json.loads((report.parent / "metrics.json").read_text(encoding="utf-8"))
@@ -148,8 +148,8 @@ def compare_cmd(
     """One metric table and report across runs (runs without a current evaluation are evaluated first)."""
     import json
 
-    from genforge.evaluate.pipeline import EvalOptions, compare_runs
-    from genforge.evaluate.report import metrics_table
+    from genforge.evaluation.pipeline import EvalOptions, compare_runs
+    from genforge.evaluation.report import metrics_table
 
     report = compare_runs(runs, EvalOptions(n=n, seed=seed, fid=fid), out=out)
     rows = json.loads((report.parent / "metrics.json").read_text(encoding="utf-8"))["rows"]

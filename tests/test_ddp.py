@@ -14,7 +14,7 @@ import yaml
 from safetensors.torch import load_file
 
 from genforge.runs import list_runs, load_run, parse_run_config
-from genforge.train import ImageData, Processes, train
+from genforge.trainer import ImageData, Processes, train
 from imagesets import digits, write_images
 
 CONFIG = {

@@ -12,7 +12,7 @@ from torch import nn
 
 from genforge.models import to_unit
 from genforge.runs import load_run, parse_run_config
-from genforge.train import train
+from genforge.trainer import train
 from imagesets import SHAPES, shapes, write_images
 
 CONFIG = {

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from genforge.evaluate import fid
+from genforge.evaluation import fid
 
 needs_inception = pytest.mark.skipif(fid.inception_path() is None,
                                      reason=f"optional Inception network not installed ({fid.INSTALL_HINT})")
@@ -38,7 +38,7 @@ def no_network(*a, **k): raise RuntimeError("network used")
 socket.socket.connect = no_network
 socket.create_connection = no_network
 import numpy as np
-from genforge.evaluate import fid
+from genforge.evaluation import fid
 x = np.random.default_rng(0).integers(0, 256, (2, 1, 28, 28), dtype=np.uint8)
 f = fid.inception_features(x)
 assert f.shape == (2, 2048) and np.isfinite(f).all() and (f >= 0).all(), f.shape
@@ -55,7 +55,7 @@ def test_fid_wiring_and_reference_cache(monkeypatch):
     from imagesets import digits, write_images
 
     from genforge.data.store import open_dataset
-    from genforge.evaluate import pipeline
+    from genforge.evaluation import pipeline
 
     x, y = digits(300)
     ds = open_dataset(write_images("few", x, y, [str(i) for i in range(10)], val=50))

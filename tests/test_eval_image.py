@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from genforge.evaluate import image
+from genforge.evaluation import image
 
 rng = np.random.default_rng(0)
 
@@ -63,7 +63,7 @@ def test_evaluator_is_cached_by_dataset_version_and_deterministic():
     from imagesets import digits, write_images
 
     from genforge.data.store import open_dataset
-    from genforge.evaluate.evaluator import EvaluatorConfig, evaluator_dir, load_or_train_evaluator, train_evaluator
+    from genforge.evaluation.evaluator import EvaluatorConfig, evaluator_dir, load_or_train_evaluator, train_evaluator
 
     x, y = digits(300)
     ds = open_dataset(write_images("few", x, y, [str(i) for i in range(10)], val=50))
@@ -78,7 +78,7 @@ def test_evaluator_is_cached_by_dataset_version_and_deterministic():
 
 def test_unlabeled_dataset_measures_memorisation_only():
     from genforge.data.store import DatasetWriter, open_dataset
-    from genforge.evaluate.pipeline import ImageReference
+    from genforge.evaluation.pipeline import ImageReference
 
     w = DatasetWriter("plain", "image")
     images = rng.integers(0, 256, size=(60, 3, 8, 8), dtype=np.uint8)

@@ -12,7 +12,7 @@ from imagesets import digits, write_images
 from scipy.ndimage import gaussian_filter
 
 from genforge.data.store import open_dataset
-from genforge.evaluate.pipeline import ImageReference
+from genforge.evaluation.pipeline import ImageReference
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from scipy.stats import ks_2samp
 
-from genforge.evaluate import tabular
+from genforge.evaluation import tabular
 
 
 @pytest.fixture(scope="module")

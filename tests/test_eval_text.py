@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from genforge.evaluate import text
+from genforge.evaluation import text
 
 
 @pytest.fixture(scope="module")

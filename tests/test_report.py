@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from genforge.cli import _app
 from genforge.errors import ConfigError, ModelError
-from genforge.evaluate import fid
+from genforge.evaluation import fid
 
 TINY = """
 name: {name}
@@ -29,7 +29,7 @@ EVAL = ["--n", "20", "--no-fid"]
 def runs(tmp_path_factory):
     """Two tiny runs (a few steps) on 1,200 real digits, in a workspace shared by this module's tests."""
     from genforge.runs import load_run_config
-    from genforge.train import train
+    from genforge.trainer import train
 
     home = tmp_path_factory.mktemp("ws")
     with pytest.MonkeyPatch.context() as mp:

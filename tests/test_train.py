@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from genforge.cli import _app
 from genforge.errors import ConfigError
 from genforge.runs import RunConfig, list_runs, load_run, parse_run_config
-from genforge.train import learning_rate, train
+from genforge.trainer import learning_rate, train
 from imagesets import digits, write_images
 
 TINY = {

@@ -19,9 +19,9 @@ from safetensors.numpy import load_file, save_file
 
 from genforge.data.store import Dataset, open_dataset
 from genforge.errors import ConfigError, ModelError
-from genforge.evaluate import fid, image
-from genforge.evaluate.evaluator import Evaluator, EvaluatorConfig, load_or_train_evaluator
-from genforge.evaluate.report import ReportEntry, render_report
+from genforge.evaluation import fid, image
+from genforge.evaluation.evaluator import Evaluator, EvaluatorConfig, load_or_train_evaluator
+from genforge.evaluation.report import ReportEntry, render_report
 from genforge.runs import Run, load_run
 from genforge.workspace import atomic_write_json, atomic_write_text, atomic_write_with, home
 
