@@ -1,7 +1,12 @@
 """Checkpoints: safetensors weights plus a json state, written so a crash never costs a good one.
 
 `checkpoints/step-<0000000>/` holds
-  model.safetensors      every module of the family, keys `<module>.<parameter>`
+  model.json             what the weights are: format, family, model and sample config, data spec and
+                         the fitted state's checksums: enough to load the model from this folder alone
+  fitted.json (+ .safetensors)  the family's fitted state (a tokenizer, a table transformer), if any
+  model.safetensors      every module of the family, keys `<module>.<parameter>`; a tensor tied to an
+                         earlier one (GPT-2's embedding and output layer) is stored once, its other
+                         names listed in the file's `aliases` metadata
   ema.safetensors        the EMA copies (when EMA is on), same keys
   optimizer.safetensors  every optimizer's tensors, keys `<optimizer>.<param index>.<name>`
   state.json             step, data position, RNG states, optimizer hyper-parameters, whatever the
@@ -25,13 +30,18 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import nn
 
 from genforge.errors import CheckpointError
+from genforge.models import Fitted
 from genforge.workspace import atomic_write_json, atomic_write_with, publish_dir, sha256_file
 
 FORMAT = "genforge-checkpoint/1"
+MODEL_FORMAT = "genforge-model/1"
+FITTED_FORMAT = "genforge-fitted/1"
+FITTED_FILES = ("fitted.json", "fitted.safetensors")
 _NAME = re.compile(r"^step-(\d{7,})$")
 
 
@@ -68,9 +78,65 @@ def restore_rng(state: dict[str, Any]) -> None:
 
 # ----------------------------------------------------------------------------- writing
 
-def _module_tensors(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    # safetensors stores the standard layout; channels-last weights are copied back in place on load
-    return {f"{name}.{k}": v.detach().contiguous().cpu() for name, m in modules.items() for k, v in m.state_dict().items()}
+def _module_tensors(modules: dict[str, nn.Module]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, aliases): every state tensor once, in the standard layout (channels-last weights are
+    copied back in place on load); a tensor that shares storage with an earlier one is an alias of it,
+    since safetensors refuses shared tensors."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}
+    for name, m in modules.items():
+        for k, v in m.state_dict(keep_vars=True).items():
+            key = f"{name}.{k}"
+            ident = (v.data_ptr(), tuple(v.shape), tuple(v.stride()))
+            if v.numel() and ident in seen:
+                aliases[key] = seen[ident]
+                continue
+            seen[ident] = key
+            tensors[key] = v.detach().contiguous().cpu()
+    return tensors, aliases
+
+
+def _save_tensors(path: Path, tensors: dict[str, torch.Tensor], aliases: dict[str, str] | None = None) -> None:
+    meta = {"format": FORMAT, "aliases": json.dumps(aliases or {})}
+    atomic_write_with(path, lambda p: save_file(tensors, p, metadata=meta))
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors, with every alias filled in (tied weights)."""
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    return {**tensors, **{alias: tensors[src] for alias, src in aliases.items()}}
+
+
+# ----------------------------------------------------------------------------- fitted state
+
+def save_fitted(directory: Path, fitted: Fitted | None) -> dict[str, str]:
+    """Write a family's fitted state into `directory`; returns {file name: sha256} (empty for none)."""
+    if fitted is None:
+        return {}
+    atomic_write_json(directory / "fitted.json", {"format": FITTED_FORMAT, "content": fitted.format, "meta": fitted.meta})
+    if fitted.tensors:
+        _save_tensors(directory / "fitted.safetensors", {k: v.contiguous().cpu() for k, v in fitted.tensors.items()})
+    return {f: sha256_file(directory / f) for f in FITTED_FILES if (directory / f).is_file()}
+
+
+def load_fitted(directory: Path, hashes: dict[str, str]) -> Fitted | None:
+    """The fitted state recorded by `hashes`, checked against them: never refitted, never silently changed."""
+    if not hashes:
+        return None
+    for fname, sha in hashes.items():
+        path = directory / fname
+        if not path.is_file():
+            raise CheckpointError(f"fitted state {path} is missing")
+        if sha256_file(path) != sha:
+            raise CheckpointError(f"fitted state {path} does not match its checksum (changed or damaged)")
+    doc = json.loads((directory / "fitted.json").read_text(encoding="utf-8"))
+    if doc.get("format") != FITTED_FORMAT:
+        raise CheckpointError(f"{directory / 'fitted.json'} has format {doc.get('format')!r}, expected {FITTED_FORMAT!r}")
+    tensors = load_tensors(directory / "fitted.safetensors") if "fitted.safetensors" in hashes else {}
+    return Fitted(doc["content"], doc["meta"], tensors)
 
 
 def _optimizer_tensors(optimizers: dict[str, torch.optim.Optimizer]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -91,19 +157,30 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def save_checkpoint(root: Path, step: int, *, modules: dict[str, nn.Module], ema: dict[str, nn.Module],
-                    optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any], keep: int) -> Path:
-    """Write checkpoint `step`, then prune to the newest `keep`. Returns its directory."""
+                    optimizers: dict[str, torch.optim.Optimizer], state: dict[str, Any], keep: int,
+                    model_info: dict[str, Any], fitted_dir: Path) -> Path:
+    """Write checkpoint `step`, then prune to the newest `keep`. Returns its directory.
+
+    `model_info` (family, configs, data spec) becomes model.json with the checksums of the fitted
+    files copied from `fitted_dir`, so the folder describes itself."""
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
         opt_tensors, param_groups = _optimizer_tensors(optimizers)
-        files = {"model.safetensors": _module_tensors(modules), "optimizer.safetensors": opt_tensors}
+        files = {"model.safetensors": _module_tensors(modules), "optimizer.safetensors": (opt_tensors, {})}
         if ema:
             files["ema.safetensors"] = _module_tensors(ema)
         sums = {}
-        for fname, tensors in files.items():
-            atomic_write_with(tmp / fname, lambda p, t=tensors: save_file(t, p, metadata={"format": FORMAT}))
+        for fname in FITTED_FILES:
+            if (fitted_dir / fname).is_file():
+                atomic_write_with(tmp / fname, lambda p, f=fname: shutil.copyfile(fitted_dir / f, p))
+                sums[fname] = sha256_file(tmp / fname)
+        atomic_write_json(tmp / "model.json", {"format": MODEL_FORMAT, **model_info,
+                                               "fitted": {f: sums[f] for f in FITTED_FILES if f in sums}})
+        sums["model.json"] = sha256_file(tmp / "model.json")
+        for fname, (tensors, aliases) in files.items():
+            _save_tensors(tmp / fname, tensors, aliases)
             sums[fname] = sha256_file(tmp / fname)
         atomic_write_json(tmp / "state.json", {"format": FORMAT, "step": step, **state,
                                                 "param_groups": param_groups, "files": sums})
@@ -130,7 +207,14 @@ class Checkpoint:
         return int(self.state["step"])
 
     def tensors(self, fname: str) -> dict[str, torch.Tensor]:
-        return load_file(str(self.path / fname))
+        return load_tensors(self.path / fname)
+
+    def model_info(self) -> dict[str, Any]:
+        """model.json: what these weights are (family, configs, data spec, fitted-state checksums)."""
+        info = json.loads((self.path / "model.json").read_text(encoding="utf-8"))
+        if info.get("format") != MODEL_FORMAT:
+            raise CheckpointError(f"{self.path / 'model.json'} has format {info.get('format')!r}, expected {MODEL_FORMAT!r}")
+        return info
 
     def has(self, fname: str) -> bool:
         return fname in self.state["files"]
@@ -171,6 +255,14 @@ def latest_checkpoint(root: Path, warn: Callable[[str], None], repair: bool = Fa
         if repair:
             path.rename(aside)
     return None
+
+
+def open_checkpoint(path: Path) -> Checkpoint:
+    """One checkpoint folder, verified file by file."""
+    state, problem = verify(Path(path))
+    if state is None:
+        raise CheckpointError(f"{path} is not a usable checkpoint: {problem}")
+    return Checkpoint(Path(path), state)
 
 
 def load_modules(ckpt: Checkpoint, modules: dict[str, nn.Module], fname: str = "model.safetensors") -> None:

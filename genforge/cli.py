@@ -33,13 +33,11 @@ def data_ingest(
     force: bool = typer.Option(False, "--force", help="publish even if the quality gate fails (recorded)"),
 ) -> None:
     """Validate, clean, de-duplicate, split and gate SOURCE into a versioned dataset."""
-    from genforge.config import load_config
-    from genforge.data.ingest import ingest
-    from genforge.data.options import IngestConfig
+    import genforge
     from genforge.data.report import print_ingest
 
-    cfg = load_config(IngestConfig, config, (set_ or []) + ([f"kind={kind}"] if kind else []))
-    print_ingest(ingest(source, name, cfg, force=force))
+    print_ingest(genforge.ingest(source, name, config, overrides=(set_ or []) + ([f"kind={kind}"] if kind else []),
+                                 force=force))
 
 
 @data_app.command("list")
@@ -74,37 +72,39 @@ def app() -> None:
 
 @_app.command("train")
 def train_cmd(
-    config: Path = typer.Argument(..., help="run config YAML (see configs/quickstart.yaml)"),
+    config: Path = typer.Argument(..., help="run config YAML (see configs/)"),
     set_: list[str] = SetOpt,
-    resume: bool = typer.Option(False, "--resume", help="continue the newest run of this config from its newest good checkpoint"),
+    resume: bool = typer.Option(False, "--resume", help="continue the newest run of this config from its newest good "
+                                "checkpoint (train.* and sample.* may change, e.g. --set train.steps=N to extend it)"),
     resume_from: str = typer.Option(None, "--resume-from", help="continue this run (id, unique prefix or path) instead"),
 ) -> None:
     """Train a model on a dataset version; under torchrun, with DDP."""
-    from genforge.runs import load_run_config
-    from genforge.trainer import train
+    import genforge
 
-    train(load_run_config(config, set_), resume=resume or bool(resume_from), run=resume_from, console=console)
+    genforge.train(config, overrides=set_, resume=resume, run=resume_from, console=console)
 
 
 @_app.command("generate")
 def generate_cmd(
     run: str = typer.Argument(..., help="run id, unique prefix, 'latest', or a run directory"),
-    n: int = typer.Option(64, "--n", help="how many images"),
-    label: int = typer.Option(None, "--label", help="class index for every image (default: classes in turn)"),
-    steps: int = typer.Option(None, "--steps", help="sampling steps (default: the run's sample.steps)"),
-    guidance: float = typer.Option(None, "--guidance", help="classifier-free guidance scale (1 = none, 0 = unconditional)"),
-    sampler: str = typer.Option(None, "--sampler", help="ddim or ddpm"),
-    eta: float = typer.Option(None, "--eta", help="DDIM noise, 0 (deterministic) to 1"),
-    seed: int = typer.Option(0, "--seed"),
-    out: Path = typer.Option(None, "--out", help="output folder (default: RUN/samples/...)"),
+    n: int = typer.Option(64, "--n", help="how many samples (per prompt, with --prompt)"),
+    label: str = typer.Option(None, "--label", help="class (name or index) for every image (default: classes in turn)"),
+    prompt: list[str] = typer.Option(None, "--prompt", help="a prompt to complete (repeatable)"),
+    prompts: Path = typer.Option(None, "--prompts", help="a file of prompts: one per line, or jsonl with a 'prompt' field"),
+    seed: int = typer.Option(0, "--seed", help="item i of this call gets a seed made from (seed, i)"),
+    out: Path = typer.Option(None, "--out", help="output folder or file (default: RUN/samples/...)"),
+    set_: list[str] = typer.Option(None, "--set", help="a sampling option: sample.<field>=value (e.g. sample.steps=20)"),
     batch_size: int = typer.Option(64, "--batch-size"),
 ) -> None:
-    """Sample images from a trained run: a PNG grid plus one PNG per image."""
-    from genforge.runs import generate
+    """Sample from a trained run and write the samples (images: a PNG grid and one PNG each)."""
+    import genforge
+    from genforge.api import sample_overrides
+    from genforge.data.prompts import read_prompts
 
-    grid = generate(run, n, labels=None if label is None else [label] * n, seed=seed, steps=steps, guidance=guidance,
-                    sampler=sampler, eta=eta, out=out, batch_size=batch_size)
-    console.print(f"wrote {n} images to {grid.parent}\ngrid: {grid}", highlight=False)
+    texts = list(prompt or []) + (read_prompts(prompts) if prompts else [])
+    result = genforge.generate(run, n, seed=seed, labels=None if label is None else [label], prompts=texts or None,
+                               options=sample_overrides(set_), out=out, batch_size=batch_size)
+    console.print(f"wrote {len(result.samples)} {result.samples.kind} samples: {result.path}", highlight=False)
 
 
 # ----------------------------------------------------------------------------- evaluate / compare
@@ -112,47 +112,44 @@ def generate_cmd(
 FidOpt = typer.Option(None, "--fid/--no-fid", help="standard Inception FID (default: when the optional `fid` extra is installed)")
 
 
+def _print_evaluation(metrics: dict, title: str) -> None:
+    from genforge.evaluation.report import metrics_table
+
+    console.print(metrics_table(metrics["rows"], title=title))
+    for warning in metrics.get("warnings", []):
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    fid_info = metrics.get("standard_fid", {})
+    if fid_info and not fid_info.get("available", True):
+        console.print(fid_info["reason"], highlight=False)
+    console.print("report:", highlight=False)
+    print(metrics["report"])
+
+
 @_app.command("evaluate")
 def evaluate_cmd(
     run: str = typer.Argument(..., help="run id, unique prefix, 'latest', or a run directory"),
     n: int = typer.Option(None, "--n", help="samples to score (default: the held-out split's size, at most 1000)"),
     seed: int = typer.Option(0, "--seed"),
-    steps: int = typer.Option(None, "--steps", help="sampling steps (default: the run's sample.steps)"),
-    guidance: float = typer.Option(None, "--guidance", help="classifier-free guidance scale"),
-    sampler: str = typer.Option(None, "--sampler", help="ddim or ddpm"),
+    set_: list[str] = typer.Option(None, "--set", help="a sampling option: sample.<field>=value"),
     fid: bool = FidOpt,
 ) -> None:
-    """Score a run's samples beside real held-out images; write eval/metrics.json and eval/report.html."""
-    import json
+    """Score a run's samples beside real held-out data; write eval/metrics.json and eval/report.html."""
+    import genforge
+    from genforge.api import sample_overrides
 
-    from genforge.evaluation.pipeline import EvalOptions, evaluate_run
-    from genforge.evaluation.report import metrics_table
-
-    report = evaluate_run(run, EvalOptions(n=n, seed=seed, steps=steps, guidance=guidance, sampler=sampler, fid=fid))
-    metrics = json.loads((report.parent / "metrics.json").read_text(encoding="utf-8"))
-    console.print(metrics_table(metrics["rows"], title=f"evaluation of {metrics['run']}"))
-    if not metrics["standard_fid"]["available"]:
-        console.print(metrics["standard_fid"]["reason"], highlight=False)
-    console.print("report:", highlight=False)
-    print(report)
+    metrics = genforge.evaluate(run, n=n, seed=seed, options=sample_overrides(set_), fid=fid)
+    _print_evaluation(metrics, f"evaluation of {metrics['run']}")
 
 
 @_app.command("compare")
 def compare_cmd(
     runs: list[str] = typer.Argument(..., help="two or more runs (id, unique prefix, 'latest', or a run directory)"),
     out: Path = typer.Option(None, "--out", help="output folder (default: WORKSPACE/reports/compare-<time>)"),
-    n: int = typer.Option(None, "--n", help="samples per run when a run must be evaluated first"),
+    n: int = typer.Option(None, "--n", help="samples per run: every run is scored at this one n"),
     seed: int = typer.Option(0, "--seed"),
     fid: bool = FidOpt,
 ) -> None:
-    """One metric table and report across runs (runs without a current evaluation are evaluated first)."""
-    import json
+    """One metric table and report across runs, all at one n (runs evaluated otherwise are evaluated again)."""
+    import genforge
 
-    from genforge.evaluation.pipeline import EvalOptions, compare_runs
-    from genforge.evaluation.report import metrics_table
-
-    report = compare_runs(runs, EvalOptions(n=n, seed=seed, fid=fid), out=out)
-    rows = json.loads((report.parent / "metrics.json").read_text(encoding="utf-8"))["rows"]
-    console.print(metrics_table(rows, title="comparison"))
-    console.print("report:", highlight=False)
-    print(report)
+    _print_evaluation(genforge.compare(runs, n=n, seed=seed, fid=fid, out=out), "comparison")

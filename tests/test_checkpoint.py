@@ -29,9 +29,10 @@ def train_steps(model, opt, n):
         opt.step()
 
 
-def save(root, step, model, opt, keep=3):
+def save(root, step, model, opt, keep=3, fitted_dir=None):
     return C.save_checkpoint(root, step, modules={"net": model}, ema={"net": model}, optimizers={"net": opt},
-                             state={"elapsed_s": 1.5, "rng": [C.capture_rng()]}, keep=keep)
+                             state={"elapsed_s": 1.5, "rng": [C.capture_rng()]}, keep=keep,
+                             model_info={"family": "test"}, fitted_dir=fitted_dir or root / "no-fitted-state")
 
 
 def test_layout_checksums_and_pruning(tmp_path):
@@ -42,10 +43,12 @@ def test_layout_checksums_and_pruning(tmp_path):
     assert [p.name for p in C.list_checkpoints(tmp_path)] == ["step-0000003", "step-0000004"]
     assert not list(tmp_path.glob(".tmp-*"))
     path = tmp_path / "step-0000004"
-    assert sorted(p.name for p in path.iterdir()) == ["ema.safetensors", "model.safetensors", "optimizer.safetensors", "state.json"]
+    assert sorted(p.name for p in path.iterdir()) == ["ema.safetensors", "model.json", "model.safetensors",
+                                                      "optimizer.safetensors", "state.json"]
     state = json.loads((path / "state.json").read_text())
     assert state["format"] == C.FORMAT and state["step"] == 4 and set(state["files"]) == {
-        "model.safetensors", "ema.safetensors", "optimizer.safetensors"}
+        "model.json", "model.safetensors", "ema.safetensors", "optimizer.safetensors"}
+    assert C.open_checkpoint(path).model_info() == {"format": C.MODEL_FORMAT, "family": "test", "fitted": {}}
     assert C.verify(path)[0] is not None
 
 
@@ -111,3 +114,45 @@ def test_wrong_module_is_a_checkpoint_error(tmp_path):
     save(tmp_path, 1, model, opt)
     with pytest.raises(C.CheckpointError, match="does not fit module 'net'"):
         C.load_modules(C.latest_checkpoint(tmp_path, print), {"net": nn.Linear(2, 2)})
+
+
+class Tied(nn.Module):
+    """GPT-2's layout in small: the output layer shares the embedding's weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(11, 4)
+        self.out = nn.Linear(4, 11, bias=False)
+        self.out.weight = self.emb.weight
+
+
+def test_tied_weights_are_stored_once_and_stay_tied_on_load(tmp_path):
+    torch.manual_seed(0)
+    model = Tied()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    path = save(tmp_path, 1, model, opt)
+    stored = C.load_tensors(path / "model.safetensors")
+    assert torch.equal(stored["net.emb.weight"], stored["net.out.weight"])
+    from safetensors import safe_open
+    with safe_open(str(path / "model.safetensors"), "pt") as f:
+        assert sorted(f.keys()) == ["net.emb.weight"]  # one copy on disk
+    fresh = Tied()
+    C.load_modules(C.open_checkpoint(path), {"net": fresh})
+    assert torch.equal(fresh.out.weight, model.emb.weight) and fresh.out.weight is fresh.emb.weight
+
+
+def test_fitted_state_is_copied_checksummed_and_never_silently_changed(tmp_path):
+    from genforge.models import Fitted
+    fitted = Fitted("toy-transformer/1", {"columns": ["a", "b"], "vocab": {"x": 1}}, {"means": torch.arange(3.0)})
+    hashes = C.save_fitted(tmp_path / "fitted", fitted)
+    assert set(hashes) == {"fitted.json", "fitted.safetensors"}
+    back = C.load_fitted(tmp_path / "fitted", hashes)
+    assert back.format == fitted.format and back.meta == fitted.meta and torch.equal(back.tensors["means"], fitted.tensors["means"])
+    model, opt = make()
+    path = save(tmp_path / "ckpts", 1, model, opt, fitted_dir=tmp_path / "fitted")
+    info = C.open_checkpoint(path).model_info()
+    assert info["fitted"] == hashes and C.load_fitted(path, info["fitted"]).meta == fitted.meta  # the folder alone
+    (path / "fitted.json").write_text((path / "fitted.json").read_text().replace('"x": 1', '"x": 2'))
+    with pytest.raises(C.CheckpointError, match="does not match its checksum"):
+        C.load_fitted(path, info["fitted"])
+    assert C.save_fitted(tmp_path / "none", None) == {} and C.load_fitted(tmp_path / "none", {}) is None

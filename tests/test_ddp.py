@@ -13,8 +13,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from genforge.runs import list_runs, load_run, parse_run_config
-from genforge.trainer import ImageData, Processes, train
+from genforge.batches import RowData
+from genforge.distributed import Processes
+from genforge.runconfig import parse_run_config
+from genforge.runs import list_runs, load_run
+from genforge.trainer import train
 from imagesets import digits, write_images
 
 CONFIG = {
@@ -41,15 +44,17 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_each_process_takes_its_share_of_the_same_global_batch():
-    x = np.arange(40, dtype=np.uint8).reshape(40, 1, 1, 1)
-    y = np.arange(40)
-    one = ImageData(x, y, 8, seed=3, procs=Processes(0, 1, torch.device("cpu")))
-    two = [ImageData(x, y, 8, seed=3, procs=Processes(r, 2, torch.device("cpu"))) for r in range(2)]
+    rows = {"images": torch.arange(40, dtype=torch.uint8).reshape(40, 1, 1, 1), "labels": torch.arange(40)}
+    one = RowData(rows, 8, seed=3, procs=Processes(0, 1, torch.device("cpu")))
+    two = [RowData(rows, 8, seed=3, procs=Processes(r, 2, torch.device("cpu"))) for r in range(2)]
     for step in (0, 4, 5, 11):  # epochs of 5 steps: crosses into new permutations
-        shares = [d.batch(step).labels for d in two]
-        assert torch.equal(torch.cat(shares), one.batch(step).labels)
+        shares = [d.batch(step)["labels"] for d in two]
+        assert torch.equal(torch.cat(shares), one.batch(step)["labels"])
+        assert torch.equal(one.batch(step)["images"].flatten().long(), one.batch(step)["labels"])  # rows stay whole
     with pytest.raises(Exception, match="divisible by the number of processes"):
-        ImageData(x, y, 7, seed=0, procs=Processes(0, 2, torch.device("cpu")))
+        RowData(rows, 7, seed=0, procs=Processes(0, 2, torch.device("cpu")))
+    with pytest.raises(Exception, match="one common first dimension"):
+        RowData({"a": torch.zeros(4), "b": torch.zeros(5)}, 2, seed=0, procs=Processes(0, 1, torch.device("cpu")))
 
 
 def test_two_processes_match_one_with_double_batch_and_resume_exactly(tmp_path):

@@ -1,12 +1,13 @@
 """The diffusion family: the UNet at every supported size, the schedules, and the samplers
 checked against an oracle denoiser whose answer is known exactly."""
 
+import numpy as np
 import pytest
 import torch
 
 from genforge.config import validate
 from genforge.errors import ConfigError, ModelError
-from genforge.models import DataSpec, ImageBatch, get_family
+from genforge.models import DataSpec, SampleRequest, get_family
 from genforge.models import diffusion as D
 
 TINY = dict(family="diffusion", channels=[8, 16], blocks=1, attention=[False, True], head_dim=8, groups=4, timesteps=50)
@@ -85,7 +86,8 @@ def test_samplers_recover_x0_from_an_oracle(prediction, sampler, eta, steps):
     x0 = torch.rand(1, 1, 8, 8) * 1.6 - 0.8
     model.unet = Oracle(x0, model.abar, prediction)
     opts = D.SampleConfig(sampler=sampler, eta=eta, steps=steps, clip=False)
-    out = model.sample(torch.randn(4, 1, 8, 8), None, opts, torch.Generator().manual_seed(0))
+    gens = [torch.Generator().manual_seed(i) for i in range(4)]
+    out = model.sample(torch.randn(4, 1, 8, 8), None, opts, gens)
     torch.testing.assert_close(out, x0.expand(4, -1, -1, -1), atol=1e-4, rtol=0)
     assert len(model.unet.calls) == (steps or 50)  # ddpm: every timestep
 
@@ -109,31 +111,34 @@ def test_guidance_is_one_batched_pass_and_mixes_cond_and_uncond():
 def test_sample_is_seeded_and_labels_are_checked():
     fam = get_family("diffusion")
     torch.manual_seed(0)
-    modules = fam.build(config(), spec(1, 8, 3))
+    modules = fam.build(config(), spec(1, 8, 3), None)
     for p in modules["model"].parameters():
         torch.nn.init.normal_(p, std=0.05)
     modules["model"].eval()
-    opts = D.SampleConfig(steps=4)
-    a = fam.sample(modules, spec(1, 8, 3), 5, labels=None, seed=1, options=opts, batch_size=2)
-    b = fam.sample(modules, spec(1, 8, 3), 5, labels=None, seed=1, options=opts, batch_size=5)
-    c = fam.sample(modules, spec(1, 8, 3), 5, labels=None, seed=2, options=opts)
-    assert a.dtype == torch.uint8 and a.shape == (5, 1, 8, 8)
-    assert (a.int() - b.int()).abs().max() <= 1  # eta = 0: an image does not depend on the batch size
-    assert not torch.equal(a, c)
+    s = spec(1, 8, 3)
+
+    def draw(request, options=D.SampleConfig(steps=4)):
+        with torch.no_grad():
+            return fam.sample(modules, s, None, request, options)
+
+    a = draw(SampleRequest.make(5, 1))
+    c = draw(SampleRequest.make(5, 2))
+    assert a.images.dtype == np.uint8 and a.images.shape == (5, 1, 8, 8) and a.labels == (0, 1, 2, 0, 1)
+    assert not np.array_equal(a.images, c.images)
     with pytest.raises(ModelError, match="between 0 and 2, got 3"):
-        fam.sample(modules, spec(1, 8, 3), 2, labels=[0, 3], seed=0, options=opts)
+        draw(SampleRequest.make(2, labels=(0, 3)))
     with pytest.raises(ModelError, match="steps must be between 1 and 50"):
-        fam.sample(modules, spec(1, 8, 3), 1, labels=None, seed=0, options=D.SampleConfig(steps=51))
-    uncond = fam.build(config(), spec(1, 8, 0))
+        draw(SampleRequest.make(1), D.SampleConfig(steps=51))
+    uncond = fam.build(config(), spec(1, 8, 0), None)
     with pytest.raises(ModelError, match="unconditional"):
-        fam.sample(uncond, spec(1, 8, 0), 1, labels=[0], seed=0, options=opts)
+        fam.sample(uncond, spec(1, 8, 0), None, SampleRequest.make(1, labels=(0,)), D.SampleConfig(steps=4))
 
 
 def test_train_step_and_val_loss_use_the_contract():
     fam = get_family("diffusion")
     torch.manual_seed(0)
-    modules = fam.build(config(), spec(1, 8, 3))
-    batch = ImageBatch(torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8), torch.tensor([0, 1, 2, -1]))
+    modules = fam.build(config(), spec(1, 8, 3), None)
+    batch = {"images": torch.randint(0, 256, (4, 1, 8, 8), dtype=torch.uint8), "labels": torch.tensor([0, 1, 2, -1])}
     stepped = []
 
     class Opt:
@@ -141,7 +146,8 @@ def test_train_step_and_val_loss_use_the_contract():
             stepped.append(name)
             loss.backward()
 
-    out = fam.train_step(modules, batch, Opt())
+    out = fam.train_step(modules, batch, Opt(), 0)
     assert stepped == ["model"] and set(out) == {"loss"} and not out["loss"].requires_grad
-    assert fam.val_loss(modules, batch)["loss"].item() > 0
-    assert fam.OPTIMIZERS == {"model": ("model",)} and fam.EMA == ("model",)
+    scalars, weight = fam.val_loss(modules, batch)
+    assert scalars["loss"].item() > 0 and weight == 4
+    assert list(fam.optimizers(config())) == ["model"] and fam.EMA == ("model",)

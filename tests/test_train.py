@@ -19,8 +19,11 @@ from typer.testing import CliRunner
 
 from genforge.cli import _app
 from genforge.errors import ConfigError
-from genforge.runs import RunConfig, list_runs, load_run, parse_run_config
-from genforge.trainer import learning_rate, train
+from genforge.models import SampleRequest
+from genforge.optim import lr_factor
+from genforge.runconfig import RunConfig, parse_run_config
+from genforge.runs import list_runs, load_run
+from genforge.trainer import train
 from imagesets import digits, write_images
 
 TINY = {
@@ -80,7 +83,8 @@ def test_cli_train_and_generate_write_the_run(data, tmp_path):
     assert [m["step"] for m in run.metrics() if m["split"] == "val"] == [6, 8]
 
     out = tmp_path / "gen"
-    args = ["generate", run.id[:8], "--n", "6", "--label", "3", "--steps", "4", "--guidance", "2.0", "--seed", "0"]
+    args = ["generate", run.id[:8], "--n", "6", "--label", "3", "--set", "sample.steps=4", "--set", "sample.guidance=2.0",
+            "--seed", "0"]
     assert CliRunner().invoke(_app, args + ["--out", str(out)]).exit_code == 0
     assert sorted(p.name for p in out.iterdir()) == ["grid.png"] + [f"sample-{i:04d}.png" for i in range(6)] + ["samples.json"]
     assert Image.open(out / "sample-0000.png").size == (28, 28)
@@ -90,9 +94,9 @@ def test_cli_train_and_generate_write_the_run(data, tmp_path):
     assert CliRunner().invoke(_app, args + ["--out", str(again)]).exit_code == 0
     assert (out / "grid.png").read_bytes() == (again / "grid.png").read_bytes()  # same seed, same images
 
-    images = run.sample_images(10, steps=3)  # classes in turn: the grid has one row per class
+    images = run.sample(SampleRequest.make(10, 0, options={"steps": 3})).images  # classes in turn
     assert images.shape == (10, 1, 28, 28) and images.dtype == np.uint8
-    assert not np.array_equal(images, run.sample_images(10, steps=3, seed=1))
+    assert not np.array_equal(images, run.sample(SampleRequest.make(10, 1, options={"steps": 3})).images)
     res = CliRunner().invoke(_app, ["generate", run.id, "--n", "2", "--label", "10"])
     assert res.exit_code != 0 and "between 0 and 9, got 10" in str(res.exception)
 
@@ -150,10 +154,17 @@ def test_sigkill_mid_run_then_resume(data, tmp_path):
     assert steps == sorted(steps) and len(steps) == len(set(steps))
 
 
-def test_resume_refuses_a_changed_config(data):
-    train(tiny(steps=4))
-    with pytest.raises(ConfigError, match=r"train.lr \(run: 0.001, now: 0.002\)"):
-        train(tiny(steps=4, lr=2e-3), resume=True)
+def test_resume_refuses_a_change_to_the_model_and_may_extend_the_budget(data):
+    first = train(tiny(steps=4))
+    changed = parse_run_config({**TINY, "model": {**TINY["model"], "channels": [8, 8]}, "train": {**TINY["train"], "steps": 4}})
+    with pytest.raises(ConfigError, match=r"model.channels \(run: \[8, 16\], now: \[8, 8\]\)"):
+        train(changed, resume=True)
+    with pytest.raises(ConfigError, match=r"train.seed"):
+        train(tiny(steps=4, seed=1), resume=True)
+    assert train(tiny(steps=8, lr=2e-3), resume=True) == first  # more steps, another LR: the same run goes on
+    run = load_run(first)
+    assert run.info["step"] == 8 and run.config.train.steps == 8 and run.config.train.lr == 2e-3
+    assert run.info["resumes"][0]["at_step"] == 4 and "train.steps (run: 4, now: 8)" in run.info["resumes"][0]["changes"]
 
 
 def test_epochs_and_minutes_budgets(data):
@@ -168,10 +179,10 @@ def test_epochs_and_minutes_budgets(data):
 
 def test_learning_rate_warms_up_then_follows_a_cosine():
     tc = tiny(lr=1.0, warmup_steps=4, min_lr_ratio=0.1).train
-    assert [learning_rate(tc, s, 0.0) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
-    assert learning_rate(tc, 4, 0.0) == 1.0
-    assert learning_rate(tc, 8, 0.5) == pytest.approx(0.55)
-    assert learning_rate(tc, 12, 1.0) == pytest.approx(0.1)
+    assert [lr_factor(tc, s, 0.0) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]
+    assert lr_factor(tc, 4, 0.0) == 1.0
+    assert lr_factor(tc, 8, 0.5) == pytest.approx(0.55)
+    assert lr_factor(tc, 12, 1.0) == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("change,msg", [
@@ -180,7 +191,8 @@ def test_learning_rate_warms_up_then_follows_a_cosine():
     ({"train": {**TINY["train"], "lr": -1}}, "train.lr"),
     ({"model": {**TINY["model"], "chanels": [8]}}, "unknown key 'model.chanels'; allowed keys: attention, blocks"),
     ({"model": {"channels": [8]}}, "'model.family' is required"),
-    ({"model": {"family": "gan"}}, "model.family must be one of diffusion"),
+    ({"model": {"family": "nope"}}, "model.family must be one of diffusion"),
+    ({"train": {**TINY["train"], "optimizers": {"critic": {"lr": 1e-4}}}}, "the diffusion family's optimizers are: model"),
     ({"name": "a b"}, "name"),
 ])
 def test_config_errors(change, msg):
@@ -189,7 +201,7 @@ def test_config_errors(change, msg):
 
 
 def test_data_errors(data):
-    with pytest.raises(ConfigError, match=r"train.batch_size \(500\) must not exceed the train split \(128 images\)"):
+    with pytest.raises(ConfigError, match=r"train.batch_size \(500\) must not exceed the train split \(128 rows\)"):
         train(tiny(batch_size=500))
     with pytest.raises(Exception, match="no dataset named 'nope'"):
         train(parse_run_config({**TINY, "data": {"dataset": "nope"}}))
@@ -205,4 +217,4 @@ def test_bf16_autocast_and_nchw_train(data):
     run = load_run(train(tiny(steps=3, precision="bf16", channels_last=False, val_every=3)))
     losses = [m["loss"] for m in run.metrics()]
     assert run.info["status"] == "completed" and all(np.isfinite(losses))
-    assert run.sample_images(2, steps=2).shape == (2, 1, 28, 28)
+    assert run.sample(SampleRequest.make(2, options={"steps": 2})).images.shape == (2, 1, 28, 28)

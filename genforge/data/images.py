@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from genforge.data.gate import GateStats
-from genforge.data.ingest import Prepared, source_info
+from genforge.data.prepared import Prepared, source_info
 from genforge.data.options import ImageOptions, IngestConfig
 from genforge.data.sources import IMAGE_SUFFIXES, get_builtin
 from genforge.data.split import assign_splits, split_summary

@@ -3,30 +3,16 @@ write it, run the quality gate, then publish a content-addressed version (or ref
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
-from genforge.data.gate import GateReport, GateStats, run_gate
+from genforge.data.gate import GateReport, run_gate
 from genforge.data.options import IngestConfig
+from genforge.data.prepared import Prepared, source_info  # noqa: F401  (source_info: re-exported for old callers)
 from genforge.config import deep_merge, validate
 from genforge.data.sources import builtin_defaults, detect_kind
 from genforge.data.store import DatasetManifest, DatasetWriter
 from genforge.errors import GateError
 from genforge.workspace import atomic_write_json, datasets_dir
-
-
-@dataclass
-class Prepared:
-    """What a modality hands back after writing its cleaned, split data into the writer."""
-
-    source: dict[str, Any]
-    counts: dict[str, Any]
-    schema: dict[str, Any]
-    split: dict[str, Any]
-    cleaning: dict[str, Any]
-    gate_stats: GateStats
-    classes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -76,13 +62,3 @@ def ingest(source: str, name: str, cfg: IngestConfig | None = None, force: bool 
         writer.abort()
         raise
     return IngestResult(manifest, created, report)
-
-
-def source_info(source: str, **extra: Any) -> dict[str, Any]:
-    """How a manifest cites its source: builtin name, or the absolute path given."""
-    if source.startswith("builtin:"):
-        from genforge.data.sources import get_builtin
-
-        name, b = get_builtin(source)
-        return {"uri": source, "type": "builtin", "description": b.description, "licence": b.licence, **extra}
-    return {"uri": str(Path(source).resolve()), "type": "path", **extra}

@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from genforge.data.gate import GateStats
-from genforge.data.ingest import Prepared, source_info
+from genforge.data.prepared import Prepared, source_info
 from genforge.data.options import IngestConfig
 from genforge.data.pii import PiiTally, find_pii, redact
 from genforge.data.split import SPLIT_NAMES, assign_splits, split_summary

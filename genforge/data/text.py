@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from genforge.data.gate import GateStats
-from genforge.data.ingest import Prepared, source_info
+from genforge.data.prepared import Prepared, source_info
 from genforge.data.normalize import NORMALISATION_RULES, normalize_text
 from genforge.data.options import IngestConfig, TextOptions
 from genforge.data.pii import PiiTally, find_pii, redact

@@ -24,7 +24,8 @@ from torch import nn
 
 from genforge.config import StrictModel
 from genforge.errors import ModelError
-from genforge.models import DataSpec, ImageBatch, to_uint8, to_unit
+from genforge.models import (Batch, DataSpec, ImageSamples, OptimizerSpec, SampleRequest, check_labels, encode_images,
+                             fit_images, item_generators, randn_items, to_uint8, to_unit)
 
 
 class Config(StrictModel):
@@ -67,8 +68,10 @@ class SampleConfig(StrictModel):
     clip: bool = True  # clamp the predicted clean image to [-1, 1] at every step
 
 
-OPTIMIZERS = {"model": ("model",)}
+KINDS = ("image",)
 EMA = ("model",)
+HEADLINE = "loss"
+GRAD_SYNC = "ddp"
 
 
 # ----------------------------------------------------------------------------- the UNet
@@ -267,11 +270,11 @@ class Diffusion(nn.Module):
 
     @torch.inference_mode()
     def sample(self, noise: torch.Tensor, y: torch.Tensor | None, options: SampleConfig,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+               generators: list[torch.Generator]) -> torch.Tensor:
         """DDIM (eq. 12 of the DDIM paper) from x_T = noise to x_0 in [-1, 1].
 
         With eta = 1 on all timesteps this is DDPM's ancestral sampler (sigma_t^2 = beta~_t, DDIM eq. 16),
-        which is what `sampler: ddpm` runs.
+        which is what `sampler: ddpm` runs. Fresh noise (eta > 0) comes from each item's own generator.
         """
         T = self.config.timesteps
         eta = 1.0 if options.sampler == "ddpm" else options.eta
@@ -299,55 +302,48 @@ class Diffusion(nn.Module):
             # 3. x_{t-1} = sqrt(abar_prev) x_0 + sqrt(1 - abar_prev - sigma^2) eps + sigma z, eq. 12
             x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
             if eta > 0 and i + 1 < len(ts):
-                x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device)
+                x = x + sigma * randn_items(generators, x.shape[1:], x.device)
         return x
 
 
 # ----------------------------------------------------------------------------- the family contract
 
-def build(config: Config, spec: DataSpec) -> dict[str, nn.Module]:
+fit = fit_images
+encode = encode_images
+
+
+def optimizers(config: Config) -> dict[str, OptimizerSpec]:
+    return {"model": OptimizerSpec(("model",))}
+
+
+def build(config: Config, spec: DataSpec, fitted: None) -> dict[str, nn.Module]:
     if spec.kind != "image":
         raise ModelError(f"the diffusion family trains on image datasets, got a {spec.kind} dataset")
     return {"model": Diffusion(config, spec)}
 
 
-def train_step(modules: dict[str, nn.Module], batch: ImageBatch, opt) -> dict[str, torch.Tensor]:
-    loss = modules["model"](to_unit(batch.images), batch.labels)
+def train_step(modules: dict[str, nn.Module], batch: Batch, opt, step: int) -> dict[str, torch.Tensor]:
+    loss = modules["model"](to_unit(batch["images"]), batch["labels"])
     opt.step("model", loss)
     return {"loss": loss.detach()}
 
 
-def val_loss(modules: dict[str, nn.Module], batch: ImageBatch) -> dict[str, torch.Tensor]:
-    return {"loss": modules["model"](to_unit(batch.images), batch.labels)}
+def val_loss(modules: dict[str, nn.Module], batch: Batch) -> tuple[dict[str, torch.Tensor], float]:
+    return {"loss": modules["model"](to_unit(batch["images"]), batch["labels"])}, len(batch["images"])
 
 
-def sample(modules: dict[str, nn.Module], spec: DataSpec, n: int, *, labels: list[int] | None, seed: int,
-           options: SampleConfig, batch_size: int = 64) -> torch.Tensor:
-    """n images as uint8 (n, C, H, W) on the CPU. The same seed gives the same images.
-
-    `labels=None` on a conditional model cycles the classes 0..K-1; labels on an unconditional model
-    are an error. The starting noise of all n images is drawn first, so with eta = 0 an image does
-    not depend on the batch size.
-    """
+def sample(modules: dict[str, nn.Module], spec: DataSpec, fitted: None, request: SampleRequest,
+           options: SampleConfig) -> ImageSamples:
+    """One image per item as uint8 (N, C, H, W); item i's starting noise (and any later noise) comes
+    from its own seed, so it does not depend on its batch-mates."""
     model: Diffusion = modules["model"]
-    K = model.num_classes
-    if K == 0 and labels is not None:
-        raise ModelError("this model is unconditional (its dataset has no classes); generate without labels")
-    if K:
-        labels = [i % K for i in range(n)] if labels is None else list(labels)
-        if len(labels) != n:
-            raise ModelError(f"labels must hold one class per image ({n}), got {len(labels)}")
-        bad = [y for y in labels if not 0 <= y < K]
-        if bad:
-            raise ModelError(f"labels must be between 0 and {K - 1}, got {bad[0]}")
     device = model.abar.device
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn((n, spec.channels, spec.height, spec.width), generator=gen)
-    out = []
-    for start in range(0, n, batch_size):
-        step_gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start)
-        x = noise[start:start + batch_size].to(device)
-        y = torch.tensor(labels[start:start + batch_size], device=device) if K else None
-        x0 = model.sample(x, y, options, step_gen)
-        out.append(to_uint8(x0).cpu())
-    return torch.cat(out)
+    labels = check_labels(request.labels, request.n, model.num_classes)
+    gens = item_generators(request.seeds)
+    noise = randn_items(gens, (spec.channels, spec.height, spec.width), device)
+    x0 = model.sample(noise, None if labels is None else labels.to(device), options, gens)
+    return ImageSamples(to_uint8(x0).cpu().numpy(), None if labels is None else tuple(labels.tolist()))
+
+
+def health(config: Config, window: dict[str, float]) -> str | None:
+    return None

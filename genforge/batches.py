@@ -1,0 +1,56 @@
+"""Training batches in a fixed order: the batch of step s depends only on (seed, s), so the data
+position is the step and resume needs no data-loader state."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from genforge.distributed import Processes
+from genforge.errors import ConfigError, DataError
+from genforge.models import Batch
+
+
+def stream_seed(seed: int, *parts: int) -> int:
+    """A well-mixed 63-bit seed for a sub-stream (a process, an epoch) of the run's seed."""
+    return int(np.random.SeedSequence([seed, *parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def batch_rows(batch: Batch) -> int:
+    """The common first dimension of a family's encoded split; a mismatch is the family's bug, named."""
+    sizes = {k: len(v) for k, v in batch.items()}
+    if not sizes or len(set(sizes.values())) != 1:
+        raise DataError(f"an encoded split must be tensors with one common first dimension, got {sizes}")
+    return next(iter(sizes.values()))
+
+
+class RowData:
+    """A split in memory (on the device), served in a fixed order: step s takes rows [i*B, (i+1)*B)
+    of epoch e's seeded permutation (e, i = divmod(s, steps_per_epoch)), and each process its share
+    of those B rows, so the global batch is the same for any number of processes. The tensors are
+    indexed by row and never looked into."""
+
+    def __init__(self, tensors: Batch, batch_size: int, seed: int, procs: Processes):
+        rows = batch_rows(tensors)
+        if batch_size % procs.world:
+            raise ConfigError(f"train.batch_size ({batch_size}) must be divisible by the number of processes ({procs.world})")
+        self.steps_per_epoch = rows // batch_size
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"train.batch_size ({batch_size}) must not exceed the train split ({rows} rows)")
+        self.tensors = {k: v.to(procs.device) for k, v in tensors.items()}
+        self.rows, self.batch_size, self.seed = rows, batch_size, seed
+        self.local = batch_size // procs.world
+        self.offset = procs.rank * self.local
+        self._epoch, self._perm = -1, torch.empty(0)
+
+    def position(self, step: int) -> dict[str, int]:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        return {"epoch": epoch, "batch": index, "batches_per_epoch": self.steps_per_epoch, "batch_size": self.batch_size}
+
+    def batch(self, step: int) -> Batch:
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            perm = np.random.default_rng(stream_seed(self.seed, 1, epoch)).permutation(self.rows)
+            self._epoch, self._perm = epoch, torch.from_numpy(perm).to(next(iter(self.tensors.values())).device)
+        idx = self._perm[i * self.batch_size + self.offset:][:self.local]
+        return {k: v[idx] for k, v in self.tensors.items()}

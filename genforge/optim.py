@@ -1,0 +1,105 @@
+"""Optimizers, learning-rate schedule and EMA: what the trainer applies a family's losses with."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+from genforge.models import Family
+from genforge.runconfig import RunConfig, TrainConfig
+
+
+class Optimizers:
+    """What a family's `train_step` uses to apply a loss: `opt.step(name, loss)` runs backward
+    (outside autocast), all-reduces the gradients when the family syncs them here rather than through
+    DDP, clips the gradient norm and updates. Learning rates follow the trainer's schedule.
+
+    Syncing in the step is what lets R1 and WGAN-GP (double backward, which DistributedDataParallel
+    does not support) train under torchrun, as StyleGAN2-ADA does: one flat all-reduce per optimizer."""
+
+    def __init__(self, optimizers: dict[str, torch.optim.Optimizer], grad_clip: float, sync_world: int = 1):
+        self.optimizers = optimizers
+        self.max_norm = grad_clip if grad_clip > 0 else math.inf
+        self.sync_world = sync_world
+        self.grad_norms: dict[str, torch.Tensor] = {}
+        self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in optimizers.items()}
+
+    def step(self, name: str, loss: torch.Tensor) -> None:
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(loss.device.type, enabled=False):
+            loss.backward()
+        params = [p for g in opt.param_groups for p in g["params"]]
+        if self.sync_world > 1:
+            self._all_reduce(params)
+        self.grad_norms[name] = torch.nn.utils.clip_grad_norm_(params, self.max_norm, foreach=True).detach()
+        opt.step()
+
+    def _all_reduce(self, params: list[torch.Tensor]) -> None:
+        for p in params:  # a parameter this loss did not reach counts as a zero gradient on every process
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        grads = [p.grad for p in params]
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= self.sync_world
+        for g, synced in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            g.copy_(synced)
+
+    def scale_lr(self, factor: float) -> None:
+        """Every optimizer's own base learning rate times the schedule's factor."""
+        for name, opt in self.optimizers.items():
+            for group, base in zip(opt.param_groups, self.base_lrs[name]):
+                group["lr"] = base * factor
+
+
+def make_optimizers(family: Family, config: RunConfig, modules: dict[str, nn.Module],
+                    device: torch.device) -> dict[str, torch.optim.Optimizer]:
+    """One AdamW per optimizer the family declares, with its own settings (family defaults, then the
+    run's `train.optimizers` overrides, then `train.*`); weight decay only on matrices and kernels."""
+    tc = config.train
+    out = {}
+    for name, spec in family.optimizers(config.model).items():
+        over = tc.optimizers.get(name)
+        pick = lambda field, default: next(v for v in (getattr(over, field, None), getattr(spec, field), default)  # noqa: E731
+                                           if v is not None)
+        lr, betas, wd = pick("lr", tc.lr), pick("betas", tc.betas), pick("weight_decay", tc.weight_decay)
+        params = [p for m in spec.modules for p in modules[m].parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": wd},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+        out[name] = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=tuple(betas),
+                                      fused=device.type in ("cpu", "cuda"))
+    return out
+
+
+def lr_factor(tc: TrainConfig, step: int, done: float) -> float:
+    """Linear warm-up over `warmup_steps`, then a cosine from 1 to `min_lr_ratio` as the budget is
+    used up (`done` in [0, 1]); every optimizer's learning rate is its own base times this."""
+    if step < tc.warmup_steps:
+        return (step + 1) / tc.warmup_steps
+    low = tc.min_lr_ratio
+    return low + 0.5 * (1 - low) * (1 + math.cos(math.pi * min(max(done, 0.0), 1.0)))
+
+
+class EMA:
+    """Exponential moving average of some modules' weights; the EMA copies are what sampling uses.
+    The decay ramps up as (1 + step) / (10 + step) so early averages are not dominated by the init."""
+
+    def __init__(self, modules: dict[str, nn.Module], decay: float):
+        self.decay = decay
+        self.modules = {k: copy.deepcopy(m).eval().requires_grad_(False) for k, m in modules.items()}
+        self._pairs = [(list(self.modules[k].parameters()), list(m.parameters()),
+                        list(self.modules[k].buffers()), list(m.buffers())) for k, m in modules.items()]
+
+    @torch.no_grad()
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))
+        for ema_p, p, ema_b, b in self._pairs:
+            torch._foreach_lerp_(ema_p, p, 1 - decay)
+            for x, y in zip(ema_b, b):
+                x.copy_(y)
