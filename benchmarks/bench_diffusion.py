@@ -11,8 +11,8 @@ is given the same widths, blocks per level, attention levels, GroupNorm groups, 
 embedding, so the counts match (checked: the run stops if they differ by more than 10%).
 
 Each contender runs the step its users run:
-- genforge: the trainer's own pieces (`runs.place`, `runs.autocast`, `train.make_optimizers` (fused
-  AdamW), `train.Optimizers` (backward, grad-norm clipping, step)) around the family's `train_step`;
+- genforge: the trainer's own pieces (`devices.place`, `devices.autocast`, `optim.make_optimizers` (fused
+  AdamW), `optim.Optimizers` (backward, grad-norm clipping, step)) around the family's `train_step`;
   sampling is the family's `sample` (DDIM, eta 0) under the run's autocast, as `genforge generate` does.
 - diffusers: the loop of its `train_unconditional.py` example (`DDPMScheduler.add_noise`, MSE on
   epsilon, `torch.optim.AdamW`, `clip_grad_norm_(1.0)`), and DDIM with `DDIMScheduler.step` under
@@ -46,10 +46,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from genforge.config import read_yaml
-from genforge.models import DataSpec, ImageBatch, to_uint8, to_unit
+from genforge.models import Batch, DataSpec, SampleRequest, item_generators, to_uint8, to_unit
 from genforge.models import diffusion as gd
-from genforge.runs import TrainConfig, autocast, place
-from genforge.trainer import Optimizers, make_optimizers
+from genforge.devices import autocast, place
+from genforge.optim import Optimizers, make_optimizers
+from genforge.runconfig import parse_run_config
 from genforge.workspace import atomic_write_json, atomic_write_text
 
 ROOT = Path(__file__).resolve().parent
@@ -132,29 +133,31 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def genforge_contender(cfg: gd.Config, spec: DataSpec, s: Setting, batch: ImageBatch, noise: torch.Tensor,
+def genforge_contender(cfg: gd.Config, spec: DataSpec, s: Setting, batch: Batch, noise: torch.Tensor,
                        args: argparse.Namespace, device: torch.device) -> Contender:
     torch.manual_seed(args.seed)
-    modules = place(gd.build(cfg, spec), device, s.channels_last)
-    tc = TrainConfig(steps=1, batch_size=len(batch.images), precision=s.precision, channels_last=s.channels_last)
-    opt = Optimizers(make_optimizers(gd, modules, tc, device), tc.grad_clip)
-    labels = [i % spec.num_classes for i in range(len(noise))] if spec.num_classes else None
+    modules = place(gd.build(cfg, spec, None), device, s.channels_last)
+    run_config = parse_run_config({"data": {"dataset": "-"}, "model": cfg.model_dump(), "train": {
+        "steps": 1, "batch_size": len(batch["images"]), "precision": s.precision, "channels_last": s.channels_last}})
+    tc = run_config.train
+    opt = Optimizers(make_optimizers(gd, run_config, modules, device), tc.grad_clip)
+    labels = tuple(i % spec.num_classes for i in range(len(noise))) if spec.num_classes else None
 
     def train_step() -> None:
         modules["model"].train()
         with autocast(device, tc.precision):
-            gd.train_step(modules, batch, opt)
+            gd.train_step(modules, batch, opt, 0)
 
     def sample(steps: int) -> None:
         modules["model"].eval()
         options = gd.SampleConfig(sampler="ddim", steps=steps, eta=0.0, guidance=args.guidance)
-        with autocast(device, tc.precision):
-            gd.sample(modules, spec, len(noise), labels=labels, seed=args.seed, options=options, batch_size=len(noise))
+        with torch.inference_mode(), autocast(device, tc.precision):
+            gd.sample(modules, spec, None, SampleRequest.make(len(noise), args.seed, labels=labels), options)
 
     return Contender(f"genforge {s.label}", "genforge", s, train_step, sample)
 
 
-def diffusers_contender(cfg: gd.Config, spec: DataSpec, s: Setting, batch: ImageBatch, noise: torch.Tensor,
+def diffusers_contender(cfg: gd.Config, spec: DataSpec, s: Setting, batch: Batch, noise: torch.Tensor,
                         args: argparse.Namespace, device: torch.device) -> Contender:
     torch.manual_seed(args.seed)
     unet = diffusers_unet(cfg, spec).to(device)
@@ -168,11 +171,11 @@ def diffusers_contender(cfg: gd.Config, spec: DataSpec, s: Setting, batch: Image
 
     def train_step() -> None:
         unet.train()
-        clean = to_unit(batch.images).contiguous(memory_format=fmt)
+        clean = to_unit(batch["images"]).contiguous(memory_format=fmt)
         eps = torch.randn_like(clean)
         t = torch.randint(0, cfg.timesteps, (len(clean),), device=device)
         noisy = train_sched.add_noise(clean, eps, t)
-        y = torch.where(torch.rand(len(clean), device=device) < cfg.cond_drop, K, batch.labels) if K else None
+        y = torch.where(torch.rand(len(clean), device=device) < cfg.cond_drop, K, batch["labels"]) if K else None
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             pred = unet(noisy, t, class_labels=y).sample
         loss = F.mse_loss(pred.float(), eps.float())
@@ -247,7 +250,7 @@ def quality_check(cfg: gd.Config, spec: DataSpec, settings: list[Setting], args:
     network start at zero), so those layers get PyTorch's default init: every path contributes.
     """
     torch.manual_seed(args.seed + 1)
-    ref_modules = gd.build(cfg, spec)
+    ref_modules = gd.build(cfg, spec, None)
     for m in ref_modules["model"].modules():
         if isinstance(m, (nn.Conv2d, nn.Linear)) and not m.weight.any():
             m.reset_parameters()
@@ -262,7 +265,7 @@ def quality_check(cfg: gd.Config, spec: DataSpec, settings: list[Setting], args:
     options = gd.SampleConfig(sampler="ddim", steps=args.ddim_steps, eta=0.0, guidance=args.guidance)
 
     def outputs(s: Setting) -> tuple[torch.Tensor, torch.Tensor]:
-        modules = gd.build(cfg, spec)
+        modules = gd.build(cfg, spec, None)
         modules["model"].load_state_dict(state, strict=False)
         model = place(modules, device, s.channels_last)["model"].eval()
         fmt = torch.channels_last if s.channels_last else torch.contiguous_format
@@ -271,7 +274,7 @@ def quality_check(cfg: gd.Config, spec: DataSpec, settings: list[Setting], args:
         with torch.inference_mode(), autocast(device, s.precision):
             pred = model.unet(xt, t.to(device), y.to(device) if y is not None else None).float().cpu()
             samples = model.sample(noise.to(device).contiguous(memory_format=fmt), y.to(device) if y is not None else None,
-                                   options).float().cpu()
+                                   options, item_generators(tuple(range(n)))).float().cpu()
         return pred, samples
 
     ref_pred, ref_samples = outputs(Setting("fp32", False))
@@ -459,20 +462,20 @@ def main() -> None:
     print(json.dumps(info))
 
     # 1. equal networks
-    g_params = n_params(gd.build(cfg, spec)["model"].unet)
+    g_params = n_params(gd.build(cfg, spec, None)["model"].unet)
     d_unet = diffusers_unet(cfg, spec)
     d_params = n_params(d_unet)
     print(f"parameters: genforge {g_params:,}  diffusers {d_params:,}  (ratio {g_params / d_params:.3f})")
     if abs(g_params / d_params - 1) > 0.10:
         sys.exit("the two networks differ by more than 10% in parameters; the comparison would not be fair")
-    flops = forward_flops(gd.build(cfg, spec)["model"].unet, spec, lambda m, x, t, y: m(x, t, y if spec.num_classes else None))
+    flops = forward_flops(gd.build(cfg, spec, None)["model"].unet, spec, lambda m, x, t, y: m(x, t, y if spec.num_classes else None))
     print(f"forward FLOPs per image: {flops / 1e9:.3f} GFLOP")
 
     # 2. the same data for every contender
     g = torch.Generator().manual_seed(args.seed)
     images = torch.randint(0, 256, (args.batch, spec.channels, spec.height, spec.width), dtype=torch.uint8, generator=g)
     labels = torch.randint(0, max(spec.num_classes, 1), (args.batch,), generator=g) if spec.num_classes else torch.full((args.batch,), -1)
-    batch = ImageBatch(images.to(device), labels.to(device))
+    batch = {"images": images.to(device), "labels": labels.to(device)}
     noise = torch.randn((args.sample_batch, spec.channels, spec.height, spec.width), generator=g)
 
     fast = [Setting("fp32", True), Setting("bf16", True)]

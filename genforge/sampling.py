@@ -8,7 +8,7 @@ item carries its own seed, the batch size never changes an output.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,9 @@ class Model:
         if batch_size < 1:
             raise ModelError(f"batch_size must be at least 1, got {batch_size}")
         options = self.options(request.options)
+        if self.spec.kind == "image" and self.spec.num_classes and request.labels is None:
+            # the class cycle is the request's, not each chunk's: item i asks for class i mod K
+            request = replace(request, labels=tuple(i % self.spec.num_classes for i in range(request.n)))
         parts = []
         with torch.inference_mode(), autocast(self.device, self.precision):
             for start in range(0, request.n, batch_size):
