@@ -67,10 +67,13 @@ def test_fid_wiring_and_reference_cache(monkeypatch):
 
     monkeypatch.setattr(fid, "unavailable_reason", lambda: None)
     monkeypatch.setattr(fid, "inception_features", features)
-    info, scores = pipeline._standard_fid(ds, {"real": x[250:], "copy": x[:50]}, None)
-    assert info["available"] and info["reference"] == "train split, 250 images" and calls == [250, 50, 50]
+    info, scores = pipeline._standard_fid(ds, {"real": x[250:], "copy": x[:50]}, 50, None)
+    assert info["available"] and calls == [250, 50, 50]
+    # both counts FID is biased in are recorded, and what the figure compares with names them
+    assert (info["reference"], info["reference_images"], info["generated_images"]) == ("train split", 250, 50)
+    assert "250 reference images" in info["comparable_with"] and "50 images scored" in info["comparable_with"]
     assert set(scores) == {"real", "copy"} and all(v >= 0 for v in scores.values())
-    assert pipeline._standard_fid(ds, {"real": x[250:]}, None)[1] == {"real": scores["real"]}
+    assert pipeline._standard_fid(ds, {"real": x[250:]}, 50, None)[1] == {"real": scores["real"]}
     assert calls == [250, 50, 50, 50]  # the reference came from the cache
-    assert pipeline._standard_fid(ds, {"real": x[250:]}, False) == (
+    assert pipeline._standard_fid(ds, {"real": x[250:]}, 50, False) == (
         {"available": False, "reason": "standard FID not computed (--no-fid)"}, {})

@@ -20,6 +20,29 @@ def test_frechet_distance_closed_form():
     assert np.isfinite(image.frechet_distance(a, np.repeat(a[:1], 100, 0)))
 
 
+def _random_covariance(d: int, n: int) -> np.ndarray:
+    """Sample covariance of n correlated points: singular when n <= d, as with few samples."""
+    return np.cov(rng.normal(size=(n, d)) @ rng.normal(size=(d, d)), rowvar=False)
+
+
+def test_trace_sqrt_product_matches_sqrtm_and_closed_form():
+    import warnings
+
+    import scipy.linalg
+
+    for d, n in ((8, 100), (64, 300), (64, 40)):  # the last two: full rank, then singular
+        s1, s2 = _random_covariance(d, n), _random_covariance(d, n)
+        with warnings.catch_warnings():  # sqrtm warns on singular input; it is only the yardstick here
+            warnings.simplefilter("ignore")
+            expected = np.trace(np.real(scipy.linalg.sqrtm(s1 @ s2)))
+        assert image.trace_sqrt_product(s1, s2) == pytest.approx(expected, rel=1e-6), (d, n)
+    # commuting covariances (one rotation, two spectra): Tr (S1 S2)^1/2 = sum sqrt(a_i b_i)
+    q, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    a, b = rng.uniform(0, 5, 16), rng.uniform(0, 5, 16)
+    a[:4] = 0.0  # rank-deficient, so tiny negative eigenvalues from round-off must be clipped
+    assert image.trace_sqrt_product(q @ np.diag(a) @ q.T, q @ np.diag(b) @ q.T) == pytest.approx(np.sqrt(a * b).sum(), rel=1e-6)
+
+
 def test_kid_unbiased_near_zero_for_same_distribution_and_positive_otherwise():
     a, b = rng.normal(size=(600, 8)), rng.normal(size=(600, 8))
     same, _ = image.kernel_inception_distance(a, b, subsets=20, subset_size=300)

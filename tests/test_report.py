@@ -4,43 +4,51 @@ import json
 import re
 import shutil
 import subprocess
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 from imagesets import digits, write_images
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 from genforge.cli import _app
 from genforge.errors import ConfigError, ModelError
-from genforge.evaluation import fid
+from genforge.evaluation import fid, pipeline
+from genforge.evaluation.pipeline import EvalOptions, compare_runs, evaluation_key
+from genforge.evaluation.report import metrics_table
 
 TINY = """
 name: {name}
-data: {{dataset: digits}}
+data: {{dataset: {dataset}}}
 model: {{family: diffusion, channels: [8, 16], attention: [false, true], blocks: 1, head_dim: 8, groups: 8}}
 train: {{steps: {steps}, batch_size: 8, warmup_steps: 1, log_every: 1, val_every: 2, val_items: 16, checkpoint_every: 100}}
 sample: {{steps: 2}}
 """
 EVAL = ["--n", "20", "--no-fid"]
+EVALUATOR_KEYS = ("evaluator_fd", "evaluator_kid", "evaluator_kid_std", "evaluator_precision", "evaluator_recall",
+                  "evaluator_classifier_score", "evaluator_class_coverage", "evaluator_conditional_accuracy")
+
+
+def train_tiny(home, name: str, steps: int, dataset: str = "digits"):
+    from genforge.runconfig import load_run_config
+    from genforge.trainer import train
+
+    cfg = home / f"{name}.yaml"
+    cfg.write_text(TINY.format(name=name, steps=steps, dataset=dataset))
+    return train(load_run_config(cfg))
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two tiny runs (a few steps) on 1,200 real digits, in a workspace shared by this module's tests."""
-    from genforge.runs import load_run_config
-    from genforge.trainer import train
-
     home = tmp_path_factory.mktemp("ws")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GENFORGE_HOME", str(home))
         x, y = digits(1200)
         write_images("digits", x, y, [str(i) for i in range(10)], val=200)
-        paths = []
-        for name, steps in (("tiny-a", 3), ("tiny-b", 4)):
-            cfg = home / f"{name}.yaml"
-            cfg.write_text(TINY.format(name=name, steps=steps))
-            paths.append(train(load_run_config(cfg)))
+        paths = [train_tiny(home, name, steps) for name, steps in (("tiny-a", 3), ("tiny-b", 4))]
     return home, paths
 
 
@@ -63,15 +71,18 @@ def test_evaluate_writes_metrics_and_a_self_contained_report(ws):
     report = ws[0] / "eval" / "report.html"
     assert str(report) in result.stdout
     metrics = json.loads((ws[0] / "eval" / "metrics.json").read_text())
-    assert metrics["format"] == "genforge-eval/1" and metrics["run"] == ws[0].name
+    assert metrics["format"] == "genforge-eval/2" and metrics["run"] == ws[0].name
     assert metrics["dataset"].startswith("digits@") and metrics["checkpoint"] == "step-0000003"
     ref, samples = metrics["rows"]
     assert ref["kind"] == "reference" and ref["name"] == "real held-out (val)" and ref["n"] == samples["n"] == 20
-    for key in ("fd", "kid", "precision", "recall", "classifier_score", "class_coverage", "conditional_accuracy", "memorisation"):
+    for key in (*EVALUATOR_KEYS, "memorisation"):
         assert np.isfinite(ref[key]) and np.isfinite(samples[key]), key
+    # no evaluator figure under a standard figure's name; `fid` is only ever the Inception one
+    assert not {"fd", "kid", "kid_std", "precision", "recall"} & set(ref) and ref["fid"] is None
     # three steps of training make noise, and the metrics say so against the real reference
-    assert samples["fd"] > 10 * ref["fd"] and samples["precision"] < ref["precision"]
+    assert samples["evaluator_fd"] > 10 * ref["evaluator_fd"] and samples["evaluator_precision"] < ref["evaluator_precision"]
     assert metrics["standard_fid"] == {"available": False, "reason": "standard FID not computed (--no-fid)"}
+    assert metrics["warnings"] == []
     assert metrics["evaluator"]["val_accuracy"] > 0.5
 
     html = report.read_text()
@@ -79,9 +90,33 @@ def test_evaluate_writes_metrics_and_a_self_contained_report(ws):
     assert "<script" not in html and "@import" not in html
     assert html.count("data:image/png;base64,") == 3  # samples, real held-out images, loss curves
     for text in (metrics["dataset"], "quality gate", "family: diffusion", "Real held-out images", "FD (evaluator)",
-                 "standard FID not computed"):
+                 "KID (evaluator)", "Precision (evaluator)", "Recall (evaluator)", "standard FID not computed"):
         assert text in html, text
     assert (ws[0] / "eval" / "samples.safetensors").is_file()  # kept for compare
+
+    console = Console(width=200, record=True)
+    console.print(metrics_table(metrics["rows"]))
+    terminal = console.export_text()
+    for label in ("FD (evaluator)", "KID (evaluator)", "Precision (evaluator)", "Recall (evaluator)"):
+        assert label in terminal, label
+
+
+def test_standard_fid_records_and_shows_both_image_counts(ws, monkeypatch):
+    """With a stand-in feature network (the real one takes minutes on a CPU)."""
+    monkeypatch.setattr(fid, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(fid, "inception_features", lambda x: x.reshape(len(x), -1)[:, 300:316].astype(float))
+    try:
+        invoke("evaluate", str(ws[0]), "--n", "20")
+    finally:  # the stand-in's reference statistics must not stay in the shared workspace's cache
+        for cache in ws[0].parents[1].glob("evaluators/*/*/inception-train-*.safetensors"):
+            cache.unlink()
+    metrics = json.loads((ws[0] / "eval" / "metrics.json").read_text())
+    info = metrics["standard_fid"]
+    assert (info["reference_images"], info["generated_images"]) == (1000, 20)  # the whole train split: under REFERENCE_N
+    assert all(np.isfinite(r["fid"]) for r in metrics["rows"])
+    html = (ws[0] / "eval" / "report.html").read_text()
+    assert "1,000 images of the train split" in html and "20 generated images" in html
+    assert info["comparable_with"] in html and "1,000 reference images" in info["comparable_with"]
 
 
 def test_without_the_extra_standard_fid_is_reported_unavailable(ws, monkeypatch):
@@ -103,6 +138,62 @@ def test_compare_puts_runs_in_one_table(ws, tmp_path):
     assert [r["name"] for r in table["rows"][1:]] == [ws[0].name, ws[1].name]
     html = (out / "report.html").read_text()
     assert ws[0].name in html and ws[1].name in html and html.count("data:image/png;base64,") == 4
+
+
+def test_evaluation_key_covers_what_the_figures_depend_on():
+    options = asdict(EvalOptions(n=20))
+    key = evaluation_key("step-0000003", options)
+    for change in ({"n": 30}, {"seed": 1}, {"sample": {"steps": 5}}, {"sample": {"guidance": 2.0}},
+                   {"sample": {"sampler": "ddpm"}}):
+        assert evaluation_key("step-0000003", options | change) != key, change
+    assert evaluation_key("step-0000004", options) != key
+    assert evaluation_key("step-0000003", options | {"batch_size": 8, "fid": True}) == key  # same images, same figures
+
+
+def test_compare_scores_every_run_at_one_n(ws, tmp_path, monkeypatch):
+    """Evaluator FD of real digits is 0.26 at n=1000 and 3.98 at n=50: a stored evaluation at
+    another n (or other options) is made again, never put beside the others."""
+    invoke("evaluate", str(ws[0]), *EVAL)
+    invoke("evaluate", str(ws[1]), "--n", "30", "--no-fid")
+    evaluated = []
+    evaluate_run = pipeline.evaluate_run
+    monkeypatch.setattr(pipeline, "evaluate_run",
+                        lambda ref, options: evaluated.append((ref, options.n)) or evaluate_run(ref, options))
+    refs = [str(ws[0]), str(ws[1])]
+
+    def compare(options: EvalOptions) -> list[dict]:
+        evaluated.clear()
+        report = compare_runs(refs, options, out=tmp_path / "cmp")
+        return json.loads((report.parent / "metrics.json").read_text())["rows"]
+
+    rows = compare(EvalOptions(n=20, fid=False))
+    assert evaluated == [(str(ws[1]), 20)]  # only the run scored at another n
+    assert [r["n"] for r in rows] == [20, 20, 20] and rows[0]["kind"] == "reference"
+    compare(EvalOptions(n=20, seed=1, fid=False))
+    assert evaluated == [(r, 20) for r in refs]  # another seed: other samples and another held-out subset
+    compare(EvalOptions(n=20, seed=1, fid=False, batch_size=7))
+    assert evaluated == []  # the same figures: reused
+    rows = compare(EvalOptions(fid=False))
+    assert evaluated == [(r, 200) for r in refs]  # evaluate's default n: the 200 held-out images
+    assert [r["n"] for r in rows] == [200, 200, 200]
+
+
+def test_a_dataset_without_held_out_images_is_warned_about(runs, monkeypatch):
+    from genforge.data.store import DatasetWriter
+
+    home = runs[0]
+    monkeypatch.setenv("GENFORGE_HOME", str(home))
+    x, y = digits(300)
+    w = DatasetWriter("digits-all-train", "image")
+    w.write_image_shard("train", x, y)
+    w.commit(classes=[str(i) for i in range(10)], schema={"channels": 1, "height": 28, "width": 28}, counts={"train": 300})
+    run = train_tiny(home, "tiny-no-val", 2, dataset="digits-all-train")
+    invoke("evaluate", str(run), *EVAL)
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    assert [r["kind"] for r in metrics["rows"]] == ["samples"]
+    [warning] = metrics["warnings"]
+    assert "has no held-out images" in warning and "digits-all-train@" in warning
+    assert warning in (run / "eval" / "report.html").read_text()
 
 
 def test_bad_arguments_name_the_problem(ws):

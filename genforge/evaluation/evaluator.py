@@ -3,8 +3,8 @@
 Standard FID needs an ImageNet Inception that is optional here and slow on a CPU, and it knows
 nothing of a user's classes. This network is trained in seconds on the data itself, so its
 features give FD/KID/precision/recall and its predictions give the classifier score, class
-coverage and the accuracy of conditional samples. Figures from it are labelled "evaluator",
-never "FID": they compare runs on the same dataset version, not with papers.
+coverage and the accuracy of conditional samples. Figures from it are keyed `evaluator_*` and
+labelled "evaluator", never "FID": they compare runs on the same dataset version, not with papers.
 It is cached by dataset version (and by its own settings) under `<workspace>/evaluators/`.
 """
 

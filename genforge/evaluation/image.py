@@ -9,10 +9,7 @@ Salimans et al. 2016; near-copy test after Carlini et al. 2023 (arXiv 2301.13188
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-import scipy.linalg
 import torch
 
 
@@ -29,16 +26,28 @@ def feature_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(0), np.cov(x, rowvar=False)
 
 
+def _psd_eigh(sigma: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (negatives from round-off clipped to 0) and eigenvectors of a symmetric PSD matrix."""
+    w, v = np.linalg.eigh((sigma + sigma.T) / 2)
+    return np.clip(w, 0.0, None), v
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """Tr (S1 S2)^1/2 for covariances S1, S2, through symmetric eigendecompositions only.
+
+    S1 S2 is similar to S1^1/2 S2 S1^1/2, which is symmetric PSD, so the trace is the sum of the
+    square roots of its eigenvalues. Unlike scipy's general `sqrtm` of S1 S2 this has no imaginary
+    round-off, stays finite for singular covariances (few samples, dead features) without an
+    offset, and uses no deprecated API (`sqrtm(..., disp=False)` fails from SciPy 1.18).
+    """
+    w, v = _psd_eigh(sigma1)
+    root1 = (v * np.sqrt(w)) @ v.T
+    return float(np.sqrt(_psd_eigh(root1 @ sigma2 @ root1)[0]).sum())
+
+
 def frechet_distance_from_stats(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 (S1 S2)^1/2), the Frechet distance of two Gaussians."""
-    with warnings.catch_warnings():  # a singular product (few samples, dead features) is handled below
-        warnings.simplefilter("ignore")
-        covmean, _ = scipy.linalg.sqrtm(sigma1 @ sigma2, disp=False)
-        if not np.isfinite(covmean).all():
-            offset = np.eye(len(mu1)) * 1e-6
-            covmean, _ = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset), disp=False)
-    covmean = np.real(covmean)  # imaginary parts are numerical noise of sqrtm
-    return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean))
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2))
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:

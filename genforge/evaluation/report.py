@@ -21,7 +21,8 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from rich.table import Table
 
 from genforge.data.store import Dataset
-from genforge.runs import Run, image_grid, to_pil
+from genforge.outputs import image_grid, to_pil
+from genforge.runs import Run
 
 PER_CLASS = 10  # images per class row in the grids
 PAD = 2         # grid padding in pixels, as `image_grid` draws it
@@ -36,22 +37,27 @@ class Metric:
     meaning: str
 
 
+# Every figure of genforge's evaluator network says so in its key and label: none is the standard one.
 METRICS = (
-    Metric("fd", "FD (evaluator)", "lower", 3, "Fréchet distance between the evaluator-network features of these images and of the "
-           "training images: overall realism and variety in one figure."),
-    Metric("kid", "KID (evaluator)", "lower", 4, "Kernel distance on the same features; unbiased, so sets of different sizes compare fairly. "
-           "About 0 for real images."),
-    Metric("precision", "Precision", "higher", 3, "Share of images that fall among real images in feature space: fidelity."),
-    Metric("recall", "Recall", "higher", 3, "Share of real images that the set reaches: variety. Collapsed or repetitive sets score near 0."),
-    Metric("classifier_score", "Classifier score", "higher", 2, "Inception-Score style: high when each image is clearly one class and "
-           "all classes appear; at most the number of classes."),
-    Metric("class_coverage", "Class coverage", "higher", 2, "Share of classes that receive at least half their expected share of images."),
-    Metric("conditional_accuracy", "Conditional accuracy", "higher", 3, "Share of images the evaluator labels as the class asked for. "
-           "On the reference row: the evaluator's own accuracy on held-out images, the ceiling."),
+    Metric("evaluator_fd", "FD (evaluator)", "lower", 3, "Fréchet distance between the evaluator-network features of these "
+           "images and of the training images: overall realism and variety in one figure."),
+    Metric("evaluator_kid", "KID (evaluator)", "lower", 4, "Kernel distance on the same features; unbiased, so sets of different "
+           "sizes compare fairly. About 0 for real images."),
+    Metric("evaluator_precision", "Precision (evaluator)", "higher", 3, "Share of images that fall among real images in the "
+           "evaluator's feature space: fidelity."),
+    Metric("evaluator_recall", "Recall (evaluator)", "higher", 3, "Share of real images that the set reaches in the evaluator's "
+           "feature space: variety. Collapsed or repetitive sets score near 0."),
+    Metric("evaluator_classifier_score", "Classifier score", "higher", 2, "Inception-Score style: high when each image is clearly "
+           "one class and all classes appear; at most the number of classes."),
+    Metric("evaluator_class_coverage", "Class coverage", "higher", 2, "Share of classes that receive at least half their expected "
+           "share of images."),
+    Metric("evaluator_conditional_accuracy", "Conditional accuracy", "higher", 3, "Share of images the evaluator labels as the "
+           "class asked for. On the reference row: the evaluator's own accuracy on held-out images, the ceiling."),
     Metric("memorisation", "Memorisation", "lower", 3, "Share of images that are near-copies of one training image (nearest training image "
            "under a quarter of the mean distance to the 50 nearest)."),
-    Metric("fid", "FID (Inception)", "lower", 2, "Standard FID with the Inception-v3 network of published figures, against the train split. "
-           "Comparable with papers only at equal image counts (FID falls as N grows)."),
+    Metric("fid", "FID (Inception)", "lower", 2, "Standard FID with the Inception-v3 network of published figures, against "
+           "statistics of train-split images. It falls as either image count grows, so it compares only with FIDs made at "
+           "the same two counts, which the report's notes name."),
 )
 
 
@@ -152,6 +158,15 @@ def _env() -> Environment:
                        autoescape=select_autoescape(["html", "j2"]), trim_blocks=True, lstrip_blocks=True)
 
 
+def _notes(entries: list[ReportEntry]) -> list[str]:
+    """Every run's warnings and its standard-FID caveat, each said once: the runs of a comparison share most."""
+    said = []
+    for e in entries:
+        f = e.metrics["standard_fid"]
+        said += [*e.metrics["warnings"], f["comparable_with"] if f["available"] else f["reason"]]
+    return list(dict.fromkeys(said))
+
+
 def render_report(entries: list[ReportEntry], dataset: Dataset | None, rows: list[dict[str, Any]]) -> str:
     """The whole page as a string: one run (evaluate) or several (compare)."""
     runs = []
@@ -179,5 +194,5 @@ def render_report(entries: list[ReportEntry], dataset: Dataset | None, rows: lis
         title=("Evaluation of " + entries[0].run.id) if len(entries) == 1 else f"Comparison of {len(entries)} runs",
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), table=_table(rows), runs=runs, dataset=card,
         loss_curves=loss_curves(entries), evaluator=first.get("evaluator", {}), standard_fid=first.get("standard_fid", {}),
-        fid_notes={e.run.id: e.metrics.get("standard_fid", {}) for e in entries},
+        notes=_notes(entries),
     )
