@@ -95,6 +95,13 @@ def parse_run_config(data: dict[str, Any], source: str = "config") -> RunConfig:
     if unknown:
         raise ConfigError(f"invalid {source}: train.optimizers has {', '.join(map(repr, unknown))}; the {family} family's "
                           f"optimizers are: {', '.join(declared)}")
+    for field in ("lr", "betas", "weight_decay"):  # a train.* value that no optimizer would use is an error, not ignored
+        users = [name for name, spec in declared.items()
+                 if getattr(spec, field) is None and getattr(config.train.optimizers.get(name), field, None) is None]
+        changed = getattr(config.train, field) != TrainConfig.model_fields[field].default  # (a stored config sets all)
+        if changed and not users:
+            raise ConfigError(f"invalid {source}: train.{field} is not used: every optimizer of the {family} family "
+                              f"({', '.join(declared)}) has its own; set train.optimizers.<name>.{field} instead")
     return config
 
 

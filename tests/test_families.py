@@ -39,6 +39,10 @@ TRAIN = {"steps": 8, "batch_size": 16, "warmup_steps": 2, "log_every": 2, "val_e
 TINY_MODELS = {
     "diffusion": ({"family": "diffusion", "channels": [8, 16], "blocks": 1, "attention": [False, True], "head_dim": 8,
                    "groups": 4, "timesteps": 100}, {"steps": 3}),
+    "gan": ({"family": "gan", "z_dim": 8, "embed_dim": 4, "g_channels": 8, "d_channels": 8, "r1_gamma": 1.0,
+             "r1_every": 2, "n_critic": 2}, {}),
+    "vae": ({"family": "vae", "channels": [8, 16], "blocks": 0, "groups": 4, "latent": 4, "class_dim": 4,
+             "kl_warmup_steps": 4}, {}),
 }
 
 
@@ -147,13 +151,16 @@ def test_python_api_round_trip_and_fine_tuning(family, data, tmp_path):
         genforge.generate(run.id, 1, options={"no_such_option": 1})
 
     # fine-tuning starts from the source's weights (its EMA where kept): with a vanishing LR they stay put
-    tuned = genforge.train(tiny_config(family, name="tuned", steps=2, lr=1e-12, init_from=run.id))
+    names = get_family(family).optimizers(parse_run_config(tiny_config(family)).model)
+    tuned = genforge.train(tiny_config(family, name="tuned", steps=2, init_from=run.id,
+                                       optimizers={name: {"lr": 1e-12} for name in names}))
     assert tuned.info["init_from"] == str(run.checkpoint().path)
     src = run.checkpoint()
     start = src.tensors("ema.safetensors") if src.has("ema.safetensors") else {}
     start = {**src.tensors("model.safetensors"), **start}
     got = tuned.checkpoint().tensors("model.safetensors")
-    assert max((got[k].float() - start[k].float()).abs().max().item() for k in start) < 1e-6
+    params = {f"{name}.{k}" for name, m in tuned.model().modules.items() for k, _ in m.named_parameters()}
+    assert params and max((got[k].float() - start[k].float()).abs().max().item() for k in params) < 1e-6  # buffers move
 
     other = dict(tiny_config(family, name="bad"), model={**TINY_MODELS[family][0]})
     x, y = digits(80)
@@ -183,3 +190,7 @@ def test_resume_changes_are_recorded_and_a_new_run_that_fails_early_leaves_nothi
     assert list_runs() == [] and not list((Path(os.environ["GENFORGE_HOME"]) / "runs").glob("*"))
     with pytest.raises(ConfigError, match="train.optimizers has 'critic'"):
         parse_run_config(tiny_config("diffusion", optimizers={"critic": {"lr": 1e-4}}))
+    with pytest.raises(ConfigError, match=r"train.lr is not used: every optimizer of the gan family \(generator, "
+                                          r"discriminator\) has its own; set train.optimizers.<name>.lr instead"):
+        parse_run_config(tiny_config("gan", lr=5e-4))
+    parse_run_config(tiny_config("gan", grad_clip=0.5, optimizers={"generator": {"lr": 1e-4}}))

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from genforge.data.store import Dataset
 
-FAMILIES = {"diffusion": "genforge.models.diffusion"}
+FAMILIES = {"diffusion": "genforge.models.diffusion", "gan": "genforge.models.gan", "vae": "genforge.models.vae"}
 
 Kind = Literal["image", "text", "table"]
 Batch = dict[str, torch.Tensor]  # tensors with one common first dimension: the trainer indexes rows

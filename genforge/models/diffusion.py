@@ -1,9 +1,12 @@
-"""Diffusion family: a UNet denoiser, DDPM training, DDIM and DDPM sampling, classifier-free guidance.
+"""Diffusion family: a UNet denoiser, DDPM training, DDIM, DDPM and DPM-Solver++(2M) sampling,
+classifier-free guidance.
 
 References:
 - DDPM: Ho, Jain, Abbeel 2020, arXiv 2006.11239 (training objective, ancestral sampling, the UNet).
 - Improved DDPM: Nichol, Dhariwal 2021, arXiv 2102.09672 (cosine noise schedule).
 - DDIM: Song, Meng, Ermon 2020, arXiv 2010.02502 (few-step sampling, eta).
+- DPM-Solver++: Lu, Zhou, Bao, Chen, Li, Zhu 2022, arXiv 2211.01095 (Algorithm 2, the multistep
+  second-order solver of the diffusion ODE in data prediction; first-order DPM-Solver++ is DDIM).
 - Classifier-free guidance: Ho, Salimans 2022, arXiv 2207.12598.
 - v-prediction: Salimans, Ho 2022, arXiv 2202.00512.
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -61,11 +65,21 @@ class Config(StrictModel):
 class SampleConfig(StrictModel):
     """The run's `sample:` section: generation defaults, each overridable per call."""
 
-    sampler: Literal["ddim", "ddpm"] = "ddim"
-    steps: int | None = Field(default=None, ge=1)  # None: 50 for ddim, every timestep for ddpm
-    eta: float = Field(default=0.0, ge=0.0, le=1.0)  # DDIM noise; ddpm is eta = 1
+    sampler: Literal["ddim", "ddpm", "dpmpp_2m"] = "ddim"
+    steps: int | None = Field(default=None, ge=1)  # None: DEFAULT_STEPS (ddpm: every timestep)
+    eta: float = Field(default=0.0, ge=0.0, le=1.0)  # DDIM noise; ddpm is eta = 1; dpmpp_2m has none
     guidance: float = Field(default=2.0, ge=0.0, le=50.0)  # 1 = conditional only, 0 = unconditional
     clip: bool = True  # clamp the predicted clean image to [-1, 1] at every step
+
+    @model_validator(mode="after")
+    def _check(self) -> "SampleConfig":
+        if self.sampler == "dpmpp_2m" and self.eta != 0:
+            raise ValueError(f"eta applies to the ddim sampler only; dpmpp_2m solves the ODE without noise: "
+                             f"set eta to 0, got {self.eta}")
+        return self
+
+
+DEFAULT_STEPS = {"ddim": 50, "dpmpp_2m": 20}  # network evaluations when `steps` is not given
 
 
 KINDS = ("image",)
@@ -228,6 +242,32 @@ def alphas_cumprod(config: Config) -> torch.Tensor:
     return torch.cumprod(1 - betas, dim=0)
 
 
+def dpmpp_timesteps(abar: torch.Tensor, steps: int) -> list[int]:
+    """The `steps` timesteps DPM-Solver++(2M) evaluates the network at, descending from T-1: uniform in
+    the half log-SNR lambda_t = log(alpha_t / sigma_t), where its steps are taken, the last one a step
+    h short of lambda at t = 0, from where the final step goes to the clean image.
+
+    The grid starts at lambda(T-2), not lambda(T-1): the cosine schedule clips its last beta at 0.999, so
+    abar drops 1000-fold in the last timestep and lambda(T-1) = -10 sits 3.4 below lambda(T-2), an outlier
+    that a uniform grid would spend its first step on (both are pure noise; the step out of T-1 still uses
+    the true lambda(T-1)). Timesteps stay integers, the ones the network was trained on: each lambda is
+    rounded to the nearest t, kept strictly decreasing and leaving room for the rest, so `steps` = T is
+    every timestep. Uniform in lambda rather than in time (as DDIM's grid is), because a time-uniform grid
+    on the cosine schedule ends with a long step in lambda (t = T/M to 0 is lambda 2 to 5 at M = 10) where
+    the second-order term overshoots: on exact denoisers it left 2-5x the error of this grid at 10-20
+    steps (benchmarks/README.md, "Fast sampler").
+    """
+    T = len(abar)
+    lam = (0.5 * (abar.double().log() - (1 - abar.double()).log())).cpu()  # lambda_t, decreasing in t
+    wanted = torch.linspace(lam[max(T - 2, 0)].item(), lam[0].item(), steps + 1)[1:-1]  # lambda of t_1 .. t_{M-1}
+    # t(lambda): interpolate the table (increasing in lambda once flipped)
+    t_of = torch.from_numpy(np.interp(wanted.numpy(), lam.flip(0).numpy(), np.arange(T - 1, -1, -1, dtype=np.float64)))
+    ts = [T - 1]
+    for i, t in enumerate(t_of.round().long().tolist(), start=1):
+        ts.append(max(min(t, ts[-1] - 1), steps - 1 - i))  # strictly decreasing, room for the remaining steps
+    return ts
+
+
 class Diffusion(nn.Module):
     """The UNet with its noise schedule; `forward` returns the training loss."""
 
@@ -271,16 +311,19 @@ class Diffusion(nn.Module):
     @torch.inference_mode()
     def sample(self, noise: torch.Tensor, y: torch.Tensor | None, options: SampleConfig,
                generators: list[torch.Generator]) -> torch.Tensor:
-        """DDIM (eq. 12 of the DDIM paper) from x_T = noise to x_0 in [-1, 1].
+        """DDIM (eq. 12 of the DDIM paper) from x_T = noise to x_0 in [-1, 1], or DPM-Solver++(2M)
+        (`sampler: dpmpp_2m`, see `dpmpp_2m`) with the same number of network evaluations.
 
         With eta = 1 on all timesteps this is DDPM's ancestral sampler (sigma_t^2 = beta~_t, DDIM eq. 16),
         which is what `sampler: ddpm` runs. Fresh noise (eta > 0) comes from each item's own generator.
         """
         T = self.config.timesteps
         eta = 1.0 if options.sampler == "ddpm" else options.eta
-        steps = options.steps or (T if options.sampler == "ddpm" else 50)
+        steps = options.steps or (T if options.sampler == "ddpm" else DEFAULT_STEPS[options.sampler])
         if not 1 <= steps <= T:
             raise ModelError(f"steps must be between 1 and {T} (the model's timesteps), got {steps}")
+        if options.sampler == "dpmpp_2m":
+            return self.dpmpp_2m(noise, y, options, dpmpp_timesteps(self.abar, steps))
         ts = torch.linspace(T - 1, 0, steps).round().long().tolist()  # descending, always from t = T-1
         x = noise
         for i, t in enumerate(ts):
@@ -303,6 +346,57 @@ class Diffusion(nn.Module):
             x = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps
             if eta > 0 and i + 1 < len(ts):
                 x = x + sigma * randn_items(generators, x.shape[1:], x.device)
+        return x
+
+    def data_prediction(self, x: torch.Tensor, t: int, y: torch.Tensor | None, options: SampleConfig) -> torch.Tensor:
+        """x_theta(x_t, t): the clean image the guided network predicts from x_t, clamped to [-1, 1] with `clip`
+        (DPM-Solver++'s thresholding with a fixed threshold of 1, which is what DDIM's `clip` does)."""
+        out = self._predict(x, t, y, options.guidance)
+        a_t = self.abar[t]
+        if self.config.prediction == "eps":
+            x0 = (x - (1 - a_t).sqrt() * out) / a_t.sqrt()  # x_t = alpha_t x_0 + sigma_t eps
+        else:
+            x0 = a_t.sqrt() * x - (1 - a_t).sqrt() * out  # v = alpha_t eps - sigma_t x_0 (Salimans & Ho sec. 4)
+        return x0.clamp(-1, 1) if options.clip else x0
+
+    def dpmpp_2m(self, x: torch.Tensor, y: torch.Tensor | None, options: SampleConfig, ts: list[int]) -> torch.Tensor:
+        """DPM-Solver++(2M), Algorithm 2 of Lu et al. 2022: the diffusion ODE solved in data prediction
+        with a second-order multistep (Adams-Bashforth-like) exponential integrator, one network
+        evaluation per step, from x_T = x at ts[0] = T-1 to the clean image.
+
+        `ts` = t_0 > ... > t_{M-1} (`dpmpp_timesteps`), and t_M is the clean image (alpha = 1, sigma = 0),
+        where DDIM also ends. The first step is first order (there is no earlier prediction yet, Algorithm 2
+        line 4) and so is the last, as diffusers does ("lower_order_final"): into sigma = 0 the half log-SNR
+        is infinite, and the first-order step returns the prediction x_theta at t_{M-1}.
+        """
+        # alpha_t = sqrt(abar_t), sigma_t = sqrt(1 - abar_t) (VP: alpha^2 + sigma^2 = 1), in float64 for the coefficients
+        abar = self.abar[ts].double().cpu()
+        alpha, sigma = abar.sqrt().tolist() + [1.0], (1 - abar).sqrt().tolist() + [0.0]  # t_M: the clean image
+        lam = [math.log(a / s) for a, s in zip(alpha[:-1], sigma[:-1])]  # lambda_t = log(alpha_t / sigma_t)
+        M = len(ts)
+        x0_prev = None  # x_theta(x~_{t_{i-2}}, t_{i-2}): the buffer Q of Algorithm 2
+        for i in range(1, M + 1):  # step i: from t_{i-1} to t_i
+            # 1. x_theta(x~_{t_{i-1}}, t_{i-1}), one guided network evaluation (Algorithm 2 lines 3, 5, 10)
+            x0 = self.data_prediction(x, ts[i - 1], y, options)
+            if i == M:
+                # 2. the final step, first order into sigma_M = 0, alpha_M = 1 (h = inf, e^-h = 0):
+                #    x~_{t_M} = (sigma_M / sigma_{M-1}) x~ - alpha_M (e^-h - 1) x_theta = x_theta
+                x = x0
+                break
+            # 3. h_i = lambda_{t_i} - lambda_{t_{i-1}} (Algorithm 2 line 1)
+            h = lam[i] - lam[i - 1]
+            if x0_prev is None:
+                # 4. the first step, first order (DPM-Solver++1 = DDIM; Algorithm 2 line 4)
+                D = x0
+            else:
+                # 5. r_i = h_{i-1} / h_i; D_i = (1 + 1/(2 r_i)) x_theta(t_{i-1}) - 1/(2 r_i) x_theta(t_{i-2})
+                #    (Algorithm 2 lines 7-8: a backward difference of the last two predictions, scaled to step i)
+                r = (lam[i - 1] - lam[i - 2]) / h
+                D = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
+            # 6. x~_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x~_{t_{i-1}} - alpha_{t_i} (e^{-h_i} - 1) D_i (Algorithm 2
+            #    lines 4 and 9: the exact linear part times the exponentially weighted integral of x_theta)
+            x = (sigma[i] / sigma[i - 1]) * x - (alpha[i] * math.expm1(-h)) * D
+            x0_prev = x0
         return x
 
 
