@@ -7,6 +7,7 @@ behaviour and the same values as a terminal.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,7 @@ def generate(run: str | Path, n: int = 64, *, seed: int = 0, labels: list[str | 
                                  conditions=None if conditions is None else tuple(conditions), options=dict(options or {}))
     samples = loaded.sample(request, batch_size)
     if out is None:
-        tag = "-".join(f"{k}{v}" for k, v in sorted((options or {}).items()))
+        tag = "-".join(re.sub(r"[^A-Za-z0-9.]+", "_", f"{k}{v}")[:40] for k, v in sorted((options or {}).items()))
         label_tag = f"-label{idx[0]}" if idx and len(set(idx)) == 1 else ""
         out = loaded.path / "samples" / f"n{request.n}-seed{seed}{label_tag}{'-' + tag if tag else ''}"
     meta = {"run": loaded.id, "checkpoint": loaded.checkpoint().path.name, "seed": seed, "options": options or {}}

@@ -228,7 +228,7 @@ def test_dpmpp_2m_matches_diffusers(prediction, clip):
     for t in sched.timesteps:
         out = model.unet(theirs, t.expand(len(theirs)))
         theirs = sched.step(out, t, theirs).prev_sample
-    assert (ours - theirs).abs().max() < 1e-3 and (ours.abs().max() == 1) == clip
+    assert (ours - theirs).abs().max() < 1e-5 and (ours.abs().max() == 1) == clip  # float32 rounding apart
 
 
 def test_guidance_is_one_batched_pass_and_mixes_cond_and_uncond():

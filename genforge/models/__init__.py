@@ -132,6 +132,7 @@ class SampleRequest:
     prompts: tuple[str, ...] | None = None
     conditions: tuple[dict[str, Any], ...] | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    start: int = 0  # the index of item 0 in the whole request, when this is a chunk of it
 
     @classmethod
     def make(cls, n: int, seed: int = 0, **kw: Any) -> "SampleRequest":
@@ -144,7 +145,7 @@ class SampleRequest:
     def slice(self, start: int, stop: int) -> "SampleRequest":
         part = lambda xs: None if xs is None else xs[start:stop]  # noqa: E731
         return SampleRequest(self.seeds[start:stop], part(self.labels), part(self.prompts), part(self.conditions),
-                             self.options)
+                             self.options, self.start + start)
 
 
 @dataclass

@@ -71,9 +71,7 @@ class SampleConfig(StrictModel):
 
     temperature: float = Field(default=1.0, ge=0.0, le=10.0)  # z = temperature * N(0, I); 0: the prior's mean
     # A folder: instead of sampling the prior, reconstruct the first n images in it (sorted file names),
-    # each output the original beside its reconstruction (width 2W). Not handled: a request cut into
-    # several batches (n above --batch-size, 64 by default); a batch is not told where it starts, so
-    # each would begin again at the folder's first image.
+    # each output the original beside its reconstruction (width 2W); item i is the folder's image i.
     reconstruct: str | None = None
 
 
@@ -230,8 +228,8 @@ class VAE(nn.Module):
 
 # ----------------------------------------------------------------------------- images to reconstruct
 
-def read_images(folder: Path, n: int, spec: DataSpec) -> np.ndarray:
-    """The first n image files directly in `folder` (sorted names) as uint8 (n, C, H, W), normalised as
+def read_images(folder: Path, start: int, n: int, spec: DataSpec) -> np.ndarray:
+    """Image files start .. start+n-1 directly in `folder` (sorted names) as uint8 (n, C, H, W), normalised as
     ingest normalises (genforge.data.images.decode: first frame, EXIF orientation, alpha on white,
     8-bit, short side resized, centre crop). A missing, empty or short folder, or an unreadable file
     among the n, is an error: a reconstruction of something else than asked for is worse than none."""
@@ -247,11 +245,11 @@ def read_images(folder: Path, n: int, spec: DataSpec) -> np.ndarray:
                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
     if not files:
         raise ModelError(f"sample.reconstruct: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {folder}")
-    if len(files) < n:
-        raise ModelError(f"sample.reconstruct: {folder} holds {len(files)} image files, fewer than the {n} asked "
+    if len(files) < start + n:
+        raise ModelError(f"sample.reconstruct: {folder} holds {len(files)} image files, fewer than the {start + n} asked "
                          f"for; ask for at most {len(files)} (--n)")
     images = np.empty((n, spec.channels, spec.height, spec.width), np.uint8)
-    for i, path in enumerate(files[:n]):
+    for i, path in enumerate(files[start:start + n]):
         got = decode(str(path), spec.height, gray=spec.channels == 1)
         if isinstance(got, str):
             raise ModelError(f"sample.reconstruct: cannot read {path}: {got}")
@@ -298,7 +296,7 @@ def sample(modules: dict[str, nn.Module], spec: DataSpec, fitted: None, request:
     labels = check_labels(request.labels, request.n, model.num_classes)
     y = None if labels is None else labels.to(device)
     if options.reconstruct is not None:
-        originals = torch.from_numpy(read_images(Path(options.reconstruct), request.n, spec)).to(device)
+        originals = torch.from_numpy(read_images(Path(options.reconstruct), request.start, request.n, spec)).to(device)
         images = torch.cat([originals, to_uint8(model.reconstruct(to_unit(originals), y))], dim=3)  # (N, C, H, 2W)
     else:
         z = options.temperature * randn_items(item_generators(request.seeds), (model.config.latent,), device)  # (N, Z)
