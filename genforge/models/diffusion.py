@@ -23,7 +23,7 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from torch import nn
 
 from genforge.config import StrictModel
@@ -71,12 +71,12 @@ class SampleConfig(StrictModel):
     guidance: float = Field(default=2.0, ge=0.0, le=50.0)  # 1 = conditional only, 0 = unconditional
     clip: bool = True  # clamp the predicted clean image to [-1, 1] at every step
 
-    @model_validator(mode="after")
-    def _check(self) -> "SampleConfig":
-        if self.sampler == "dpmpp_2m" and self.eta != 0:
-            raise ValueError(f"eta applies to the ddim sampler only; dpmpp_2m solves the ODE without noise: "
-                             f"set eta to 0, got {self.eta}")
-        return self
+    @field_validator("eta")
+    @classmethod
+    def _no_eta_for_dpmpp(cls, eta: float, info: ValidationInfo) -> float:
+        if info.data.get("sampler") == "dpmpp_2m" and eta != 0:
+            raise ValueError("eta applies to the ddim sampler only; dpmpp_2m solves the ODE without noise: set eta to 0")
+        return eta
 
 
 DEFAULT_STEPS = {"ddim": 50, "dpmpp_2m": 20}  # network evaluations when `steps` is not given
@@ -248,22 +248,21 @@ def dpmpp_timesteps(abar: torch.Tensor, steps: int) -> list[int]:
     h short of lambda at t = 0, from where the final step goes to the clean image.
 
     The grid starts at lambda(T-2), not lambda(T-1): the cosine schedule clips its last beta at 0.999, so
-    abar drops 1000-fold in the last timestep and lambda(T-1) = -10 sits 3.4 below lambda(T-2), an outlier
+    abar drops 1000-fold in the last timestep and lambda(T-1) = -9.9 sits 3.5 below lambda(T-2), an outlier
     that a uniform grid would spend its first step on (both are pure noise; the step out of T-1 still uses
     the true lambda(T-1)). Timesteps stay integers, the ones the network was trained on: each lambda is
     rounded to the nearest t, kept strictly decreasing and leaving room for the rest, so `steps` = T is
     every timestep. Uniform in lambda rather than in time (as DDIM's grid is), because a time-uniform grid
-    on the cosine schedule ends with a long step in lambda (t = T/M to 0 is lambda 2 to 5 at M = 10) where
-    the second-order term overshoots: on exact denoisers it left 2-5x the error of this grid at 10-20
-    steps (benchmarks/README.md, "Fast sampler").
+    on the cosine schedule ends with a long step in lambda (at 10 steps, t = 111 to 0: lambda 1.7 to 5.1)
+    where the second-order term overshoots: on exact denoisers and on a trained network, DDIM's grid left
+    1.6-6x the ODE error of this one at 10-20 steps (benchmarks/README.md, "Fast sampler").
     """
     T = len(abar)
-    lam = (0.5 * (abar.double().log() - (1 - abar.double()).log())).cpu()  # lambda_t, decreasing in t
-    wanted = torch.linspace(lam[max(T - 2, 0)].item(), lam[0].item(), steps + 1)[1:-1]  # lambda of t_1 .. t_{M-1}
-    # t(lambda): interpolate the table (increasing in lambda once flipped)
-    t_of = torch.from_numpy(np.interp(wanted.numpy(), lam.flip(0).numpy(), np.arange(T - 1, -1, -1, dtype=np.float64)))
+    lam = (0.5 * (abar.double().log() - (1 - abar.double()).log())).cpu().numpy()  # lambda_t, decreasing in t
+    wanted = np.linspace(lam[T - 2], lam[0], steps + 1)[1:-1]  # lambda at t_1 .. t_{M-1}
+    t_of = np.interp(wanted, lam[::-1], np.arange(T - 1, -1, -1))  # t(lambda) from the table, flipped to increase
     ts = [T - 1]
-    for i, t in enumerate(t_of.round().long().tolist(), start=1):
+    for i, t in enumerate(np.round(t_of).astype(int).tolist(), start=1):
         ts.append(max(min(t, ts[-1] - 1), steps - 1 - i))  # strictly decreasing, room for the remaining steps
     return ts
 
@@ -394,7 +393,8 @@ class Diffusion(nn.Module):
                 r = (lam[i - 1] - lam[i - 2]) / h
                 D = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev
             # 6. x~_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x~_{t_{i-1}} - alpha_{t_i} (e^{-h_i} - 1) D_i (Algorithm 2
-            #    lines 4 and 9: the exact linear part times the exponentially weighted integral of x_theta)
+            #    lines 4 and 9): the ODE's linear part solved exactly, its integral of e^lambda x_theta over
+            #    [lambda_{t_{i-1}}, lambda_{t_i}] with x_theta taken as D_i
             x = (sigma[i] / sigma[i - 1]) * x - (alpha[i] * math.expm1(-h)) * D
             x0_prev = x0
         return x
