@@ -310,7 +310,7 @@ def test_items_do_not_depend_on_their_batch_and_options_are_checked():
 
 # ----------------------------------------------------------------------------- two processes
 
-@pytest.mark.slow  # two torchrun launches: about a minute on two cores
+# two torchrun launches: about a minute on two cores; in CI, as the issue asks for a GAN under torchrun
 def test_r1_under_torchrun_two_processes_completes_and_resumes_bitwise(data, tmp_path):
     """GRAD_SYNC = "optimizer": R1's double backward with gradients all-reduced in the optimizer step."""
     cfg = {"name": "gan-ddp", "data": {"dataset": "digits"}, "model": {**MODEL, "n_critic": 2, "r1_gamma": 1.0, "r1_every": 3},
