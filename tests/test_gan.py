@@ -8,6 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
+
+import genforge
 import torch
 import torch.nn.functional as F
 import yaml
@@ -269,6 +271,9 @@ def test_a_winning_discriminator_reaches_run_json_warnings(data):
     health = [m for m in run.metrics() if m["split"] == "health"]
     assert health and all(m["warning"] == warning for m in health)
     assert [m for m in run.metrics() if m["split"] == "train"][-1]["d_win_streak"] >= 2
+    metrics = genforge.evaluate(run.id, n=16, fid=False)  # and the report says so
+    assert f"training: {warning}" in metrics["warnings"]
+    assert "generator is not catching up" in (run.path / "eval" / "report.html").read_text()
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -205,7 +205,8 @@ def evaluate_run(ref: str, options: EvalOptions = EvalOptions()) -> Path:
         "evaluator": reference.evaluator.meta if reference.evaluator else {"available": False, "reason": reference.unavailable},
         "standard_fid": fid_info,
         "rows": rows,
-        "warnings": [] if len(real) else [_no_heldout_warning(dataset)],
+        "warnings": ([] if len(real) else [_no_heldout_warning(dataset)])
+                    + [f"training: {w}" for w in run.info.get("warnings", [])],  # the family's health checks
         "training": _training_timings(run),
         "timings": {"evaluator_s": round(evaluator_s, 2), "sampling_s": round(sampling_s, 2), "metrics_s": round(metrics_s, 2),
                     "fid_s": fid_info.get("seconds"), "total_s": round(time.perf_counter() - t_start, 2)},
