@@ -8,13 +8,12 @@ import shutil
 
 import numpy as np
 import pytest
-
-import genforge
 import torch
 import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_file
 
+import genforge
 from genforge.config import validate
 from genforge.errors import ConfigError, ModelError
 from genforge.models import DataSpec, SampleRequest, get_family, to_unit
