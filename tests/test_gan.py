@@ -213,16 +213,18 @@ def test_n_critic_discriminator_steps_per_generator_step_with_the_same_keys():
 
 
 def test_the_two_optimizers_have_their_own_settings():
-    cfg = run_config(optimizers={"discriminator": {"lr": 1e-3}})  # train.lr/betas/weight_decay would be unused: refused
+    cfg = run_config(optimizers={"generator": {"lr": 1e-3, "betas": [0.0, 0.99]}})
     modules = fam.build(cfg.model, spec(), None)
     opts = make_optimizers(fam, cfg, modules, torch.device("cpu"))
     assert set(opts) == {"generator", "discriminator"}
-    for name, lr in (("generator", 2e-4), ("discriminator", 1e-3)):  # family default; the run's override
+    want = {"generator": (1e-3, (0.0, 0.99)), "discriminator": (4e-4, (0.5, 0.999))}  # run override; family default
+    for name, (lr, betas) in want.items():
         groups = opts[name].param_groups
-        assert {g["lr"] for g in groups} == {lr} and {g["betas"] for g in groups} == {(0.5, 0.999)}
-        assert {g["weight_decay"] for g in groups} == {0.0}  # the family's 0
-        params = {id(p) for g in groups for p in g["params"]}
-        assert params == {id(p) for p in modules[name].parameters()}
+        assert {g["lr"] for g in groups} == {lr} and {g["betas"] for g in groups} == {betas}
+        assert {g["weight_decay"] for g in groups} == {0.0}
+        assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in modules[name].parameters()}
+    with pytest.raises(ConfigError, match="train.lr is not used"):  # each optimizer has its own
+        run_config(lr=0.5)
     with pytest.raises(ConfigError, match="the gan family's optimizers are: generator, discriminator"):
         run_config(optimizers={"model": {"lr": 1e-3}})
 
