@@ -315,7 +315,7 @@ class _Loop:
 
     # -- logging, guards
 
-    def log(self, secs: float, lr: float) -> None:
+    def log(self, secs: float) -> None:
         """Means over the interval (all processes), the NaN guard and the family's health check."""
         s, headline = self.s, self.s.family.HEADLINE
         keys = list(self.sums)
@@ -325,7 +325,9 @@ class _Loop:
             vals /= self.procs.world
         now = time.perf_counter()
         window = dict(zip(keys, vals.tolist()))
-        rec = {"step": self.step, "split": "train", "time_s": round(secs, 3), **window, "lr": lr,
+        lrs = {name: opt.param_groups[0]["lr"] for name, opt in s.opt.optimizers.items()}  # each its own rate
+        rec = {"step": self.step, "split": "train", "time_s": round(secs, 3), **window,
+               **({"lr": next(iter(lrs.values()))} if len(lrs) == 1 else {f"lr_{k}": v for k, v in lrs.items()}),
                "items_per_s": self.count * self.tc.batch_size / max(now - self.last_log_t, 1e-9)}
         self.sums, self.count, self.last_log_t, self.last = {}, 0, now, rec
         bad = [k for k, v in window.items() if not math.isfinite(v)]
@@ -336,7 +338,8 @@ class _Loop:
                              "Lower train.lr (or an optimizer's lr) or keep train.grad_clip on, then resume or restart")
         if self.procs.main:
             _append_metrics(self.metrics_path, rec)
-            self.progress.console.print(f"step {self.step:>7}  {headline} {rec[headline]:.4f}  lr {lr:.2e}  "
+            self.progress.console.print(f"step {self.step:>7}  {headline} {rec[headline]:.4f}  "
+                                        + "  ".join(f"{k} {v:.2e}" for k, v in rec.items() if k.startswith("lr")) + "  "
                                         f"{rec['items_per_s']:.0f} {self.unit}", highlight=False)
             warning = s.family.health(s.config.model, window)
             if warning:
@@ -403,8 +406,8 @@ class _Loop:
         self.step += 1
         if s.ema is not None:
             s.ema.update(self.step)
-        norms = s.opt.grad_norms
-        out.update({"grad_norm" if len(norms) == 1 else f"grad_norm_{k}": v for k, v in norms.items()})
+        norms, single = s.opt.grad_norms, len(s.opt.optimizers) == 1  # named by the declared optimizers
+        out.update({"grad_norm" if single else f"grad_norm_{k}": v for k, v in norms.items()})
         for k, v in out.items():
             self.sums[k] = self.sums.get(k, 0.0) + v.double()
         self.count += 1
@@ -425,7 +428,7 @@ class _Loop:
                     done = self.finished(secs)
                     save = self.step % tc.checkpoint_every == 0 or done
                     if self.step % tc.log_every == 0 or save:  # a checkpoint never holds a half-filled log interval
-                        self.log(secs, tc.lr * factor)
+                        self.log(secs)
                     if procs.main and tc.val_every and (self.step % tc.val_every == 0 or done):
                         self.validate(secs)
                     if save:

@@ -271,7 +271,9 @@ def test_a_winning_discriminator_reaches_run_json_warnings(data):
     assert run.info["warnings"] == [warning]  # once, however often it fired
     health = [m for m in run.metrics() if m["split"] == "health"]
     assert health and all(m["warning"] == warning for m in health)
-    assert [m for m in run.metrics() if m["split"] == "train"][-1]["d_win_streak"] >= 2
+    last = [m for m in run.metrics() if m["split"] == "train"][-1]
+    assert last["d_win_streak"] >= 2 and "lr" not in last  # each optimizer's own rate is logged
+    assert last["lr_discriminator"] > 1e6 * last["lr_generator"] and {"grad_norm_generator", "grad_norm_discriminator"} <= set(last)
     metrics = genforge.evaluate(run.id, n=16, fid=False)  # and the report says so
     assert f"training: {warning}" in metrics["warnings"]
     assert "generator is not catching up" in (run.path / "eval" / "report.html").read_text()
