@@ -143,7 +143,7 @@ def _share(procs: Processes, value: Any) -> Any:
 
 
 def _start(config: RunConfig, procs: Processes, resume: bool, ref: str | None, console: Console) -> _Start:
-    tc, device = config.train, procs.device
+    tc = config.train
     family = get_family(config.model.family)
     say = console.print if procs.main else (lambda *a, **k: None)
 

@@ -113,7 +113,10 @@ def test_sigkill_mid_run_then_resume_is_bitwise(family, data, tmp_path):
     assert json.loads((killed / "run.json").read_text())["status"] == "running"
     res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((killed / "run.json").read_text())["status"] == "completed"
     assert_bitwise(files(full, 24), files(killed, 24))
+    steps = [m["step"] for m in load_run(killed).metrics()]
+    assert steps == sorted(steps) and len(steps) == len(set(steps))  # nothing logged twice
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -1,13 +1,8 @@
 """The training loop end to end on a tiny UNet and real digits: the run's artifacts, exact resume
-(in process, and after SIGKILL), damaged checkpoints, budgets and config errors."""
+(in process; after SIGKILL, for every family, in test_families.py), damaged checkpoints, budgets and config errors."""
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 
 import numpy as np
 import pytest
@@ -22,7 +17,7 @@ from genforge.errors import ConfigError
 from genforge.models import SampleRequest
 from genforge.optim import lr_factor
 from genforge.runconfig import RunConfig, parse_run_config
-from genforge.runs import list_runs, load_run
+from genforge.runs import load_run
 from genforge.trainer import train
 from imagesets import digits, write_images
 
@@ -124,34 +119,6 @@ def test_damaged_newest_checkpoint_falls_back(data, capsys):
     assert "step-0000012 is damaged" in err and "falling back" in err
     assert len(list((broken / "checkpoints").glob("step-0000012.damaged-*"))) == 1
     assert_same(weights(full, 12), weights(broken, 12))  # redone from step 8
-
-
-def test_sigkill_mid_run_then_resume(data, tmp_path):
-    """A real crash: kill -9 a `genforge train` process mid-run, `--resume`, compare with a whole run."""
-    cfg = {**TINY, "train": {**TINY["train"], "steps": 30, "checkpoint_every": 2, "val_every": 0}}
-    full = train(parse_run_config(cfg))
-    path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    cmd = [sys.executable, "-c", "from genforge.cli import app; app()", "train", str(path)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=os.environ.copy())
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        runs = [p for p, _ in list_runs() if p != full]
-        if runs and len(list((runs[0] / "checkpoints").glob("step-*"))) >= 2:  # at least 2 checkpoints: mid-run
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, "training ended before it could be killed: " + proc.stderr.read().decode()[-500:]
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed = [p for p, _ in list_runs() if p != full][0]
-    assert json.loads((killed / "run.json").read_text())["status"] == "running"
-    res = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    assert json.loads((killed / "run.json").read_text())["status"] == "completed"
-    assert_same(weights(full, 30), weights(killed, 30))
-    assert_same(weights(full, 30, "ema.safetensors"), weights(killed, 30, "ema.safetensors"))
-    steps = [m["step"] for m in load_run(killed).metrics()]
-    assert steps == sorted(steps) and len(steps) == len(set(steps))
 
 
 def test_resume_refuses_a_change_to_the_model_and_may_extend_the_budget(data):
