@@ -280,3 +280,17 @@ def test_builtin_reviews():
     c = res.manifest.counts
     assert c["input"] == 35124 and c["exact_duplicates"] > 17000 and c["kept"] + c["exact_duplicates"] + c["near_duplicates"] + c["too_short"] == 35124
     assert res.manifest.classes == ["negative", "positive"]
+
+
+def test_builtin_news():
+    """gensim's Lee corpus, read offline from site-packages without importing gensim."""
+    res = ingest("builtin:news", "news", IngestConfig())
+    m = res.manifest
+    c = m.counts
+    assert c["input"] == 350 and c["skipped"] == 0 and c["exact_duplicates"] == 7 and c["kept"] > 330
+    assert m.classes == [] and m.source["licence"].startswith("gensim LGPL-2.1") and res.gate.passed
+    ds = open_dataset(m.ref)
+    texts = pd.concat([ds.frame(s) for s in ("train", "val", "test")])["text"]
+    assert texts.str.len().sum() > 350_000
+    assert texts.str.contains("bushfire").any()
+    assert texts.str.contains("£3,000", regex=False).any()  # lee.cor's one cp1252 byte, decoded

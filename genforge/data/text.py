@@ -21,7 +21,9 @@ import codecs
 import csv
 import hashlib
 import io
+import itertools
 import json
+import re
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -42,6 +44,8 @@ from genforge.errors import ConfigError, DataError
 
 MAX_LISTED = 1000  # decisions listed per kind in the manifest; the count is always complete
 DETECT_SAMPLE = 1 << 20  # bytes of a non-UTF-8 file the encoding detector looks at
+UTF8_LINE_SHARE = 0.9  # share of the non-ASCII lines that must be UTF-8 to read a file as UTF-8 with bad lines
+_LINE_BREAK = re.compile(rb"\r\n|\r|\n")  # the breaks _lines() splits on, so line numbers agree
 # Python's gb2312 and gbk codecs differ from gb18030 (their superset, the Chinese national standard)
 # only in a few punctuation mappings ('—' vs '―'), so all three are read as gb18030.
 _SUPERSET = {"gb2312": "gb18030", "gbk": "gb18030"}
@@ -65,10 +69,42 @@ def _decode(path: Path, data: bytes, encoding: str, option: str) -> str:
                         f"pass its encoding with --set {option}=NAME (e.g. gb18030, utf-16, cp1252)") from None
 
 
-def read_text_file(path: Path, encoding: str = "auto", option: str = "text.encoding") -> tuple[str, dict[str, Any]]:
+def _utf8_but_for_lines(data: bytes) -> tuple[str, dict[int, str]] | None:
+    """(text, {1-based line number: reason}) when `data` is UTF-8 apart from a few lines, else None.
+
+    The rule: at least UTF8_LINE_SHARE (90%) of the lines holding non-ASCII bytes decode as UTF-8.
+    Only non-ASCII lines are evidence (pure ASCII reads the same in UTF-8, GBK or cp1252), and a
+    file really in GBK, gb18030, Big5 or cp1252 almost never has a non-ASCII line that is valid
+    UTF-8, so such files still go to the encoding detector. An undecodable line reads as one U+FFFD
+    in the text (so it keeps its line number, last line included); line breaks are normalised to
+    "\n" (as _lines() does anyway)."""
+    pieces, bad, non_ascii, start = [], {}, 0, 0
+    for i, brk in enumerate(itertools.chain(_LINE_BREAK.finditer(data), [None])):
+        end = brk.start() if brk else len(data)
+        raw = data[start:end]
+        if not raw.isascii():
+            non_ascii += 1
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                bad[i + 1] = f"invalid UTF-8 at byte {start + e.start} ({e.reason})"
+                raw = "\ufffd".encode()
+        pieces.append(raw)
+        start = brk.end() if brk else start
+    if not bad or (non_ascii - len(bad)) < UTF8_LINE_SHARE * non_ascii:
+        return None
+    return b"\n".join(pieces).decode("utf-8"), bad
+
+
+def read_text_file(path: Path, encoding: str = "auto", option: str = "text.encoding",
+                   bad_lines: dict[int, str] | None = None) -> tuple[str, dict[str, Any]]:
     """The file's text and how it was decoded. `encoding='auto'`: a BOM decides; else valid UTF-8 is
-    UTF-8; else charset-normalizer's best guess is used only when no equally clean guess reads the
-    bytes differently, otherwise a DataError tells the user which `option` to set."""
+    UTF-8; else a file that is UTF-8 but for a few lines (see _utf8_but_for_lines: at least 90% of
+    its non-ASCII lines are UTF-8) is UTF-8 with those lines blanked out and their reasons put in
+    `bad_lines`, when the caller passes that dict (it can skip lines), or refused naming them when
+    it does not (a csv line may sit inside a quoted field); else charset-normalizer's best guess is
+    used only when no equally clean guess reads the bytes differently, otherwise a DataError tells
+    the user which `option` to set. A given encoding is used strictly: no line is skipped."""
     data = path.read_bytes()
     if encoding != "auto":
         try:
@@ -84,6 +120,16 @@ def read_text_file(path: Path, encoding: str = "auto", option: str = "text.encod
             return data.decode("utf-8"), {"encoding": "utf-8", "how": "valid UTF-8"}
         except UnicodeDecodeError:
             pass
+        mostly = _utf8_but_for_lines(data)
+        if mostly is not None:
+            text, bad = mostly
+            if bad_lines is None:
+                line, reason = next(iter(bad.items()))
+                raise DataError(f"{path} is UTF-8 except for {len(bad)} line(s) that cannot be decoded (line {line}: {reason}); "
+                                f"fix or remove them, or if the file is in another encoding pass it with --set {option}=NAME")
+            bad_lines.update(bad)
+            return text, {"encoding": "utf-8", "how": f"UTF-8 but for {len(bad)} undecodable line(s), skipped",
+                          "undecodable_lines": len(bad)}
     from charset_normalizer import from_bytes
 
     sample = data[:DETECT_SAMPLE]
@@ -216,7 +262,13 @@ def _from_mapping(row: int, obj: Mapping[str, Any], fields: tuple[str, ...], lab
         v = obj.get(label_field)
         if v is None or v == "":
             return f"no label in field {label_field!r}"
-        label = v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+        if isinstance(v, str):
+            label = v
+        else:
+            try:
+                label = json.dumps(v, ensure_ascii=False)
+            except RecursionError:
+                return f"label in field {label_field!r} nested too deeply"
     return _Record(row, tuple(parts), label)
 
 
@@ -226,22 +278,46 @@ def _lines(text: str) -> list[str]:
     return lines[:-1] if lines[-1] == "" else lines
 
 
-def _txt_records(text: str, fmt: str) -> tuple[list[tuple[int, str]], int]:
+def _txt_records(text: str, fmt: str, bad: Mapping[int, str]) -> tuple[list[tuple[int, str]], int, list[dict[str, Any]]]:
     """(line number, example) for one example per line or per blank-line-separated paragraph,
-    and the number of blank lines (separators, not examples)."""
+    the number of blank lines (separators, not examples), and the skipped examples: those with an
+    undecodable line (`bad`: line number -> reason; a paragraph with one is skipped whole)."""
     lines = _lines(text)
-    blank = sum(not line.strip() for line in lines)
+    blank = sum(not line.strip() and i + 1 not in bad for i, line in enumerate(lines))
     if fmt == "lines":
-        return [(i + 1, line) for i, line in enumerate(lines) if line.strip()], blank
-    out, start, para = [], 0, []
+        skipped = [{"item": n, "reason": r} for n, r in bad.items()]
+        return [(i + 1, line) for i, line in enumerate(lines) if line.strip() and i + 1 not in bad], blank, skipped
+    out, skipped, start, para, why = [], [], 0, [], ""
     for i, line in enumerate(lines + [""]):
-        if line.strip():
+        if line.strip() or i + 1 in bad:
             start = start or i + 1
             para.append(line)
+            why = why or (f"{bad[i + 1]} (line {i + 1})" if i + 1 in bad else "")
         elif para:
-            out.append((start, "\n".join(para)))
-            start, para = 0, []
-    return out, blank
+            if why:
+                skipped.append({"item": start, "reason": why})
+            else:
+                out.append((start, "\n".join(para)))
+            start, para, why = 0, [], ""
+    return out, blank, skipped
+
+
+def _is_json_array(text: str, lines: list[str]) -> bool:
+    """Whether a .jsonl file is really one JSON array: it starts with '[' and either is one line or
+    its first line is no complete JSON value (a pretty-printed '[', or '[{...},'). A JSON Lines
+    file whose first line is a list, even one too deeply nested to parse, is not."""
+    if not text.lstrip("\ufeff \t\r\n").startswith("["):
+        return False
+    filled = [line for line in lines if line.strip()]
+    if len(filled) <= 1:
+        return True
+    try:
+        json.loads(filled[0].lstrip("\ufeff"))
+    except json.JSONDecodeError:
+        return True
+    except (RecursionError, ValueError):
+        return False
+    return False
 
 
 @dataclass
@@ -288,23 +364,30 @@ def _read_source(source: str, opts: TextOptions) -> _Read:
 
     path = Path(source)
     fmt = _text_format(path, opts)
-    text, enc = read_text_file(path, opts.encoding)
+    # csv keeps a strict read: a line skipped inside a quoted field would shift every field after it.
+    bad: dict[int, str] | None = None if fmt == "csv" else {}
+    text, enc = read_text_file(path, opts.encoding, bad_lines=bad)
+    bad = bad or {}
     info = {"format": fmt, **enc}
     if fmt in ("lines", "paragraphs"):
         if opts.prompt_field or opts.label_field:
             raise ConfigError(f"text.format={fmt} holds plain texts, but text.prompt_field={opts.prompt_field!r} and "
                               f"text.label_field={opts.label_field!r} were set; fields need jsonl or csv")
-        pairs, blank = _txt_records(text, fmt)
-        return _Read([_Record(r, (t,), None) for r, t in pairs], [], blank, "1-based line number in the file", info)
+        pairs, blank, skipped = _txt_records(text, fmt, bad)
+        return _Read([_Record(r, (t,), None) for r, t in pairs], skipped, blank, "1-based line number in the file", info)
 
     skipped = []
     items: list[tuple[int, Mapping[str, Any]]] = []
     blank = 0
     if fmt == "jsonl":
-        if text.lstrip("\ufeff \t\r\n").startswith("["):
+        lines = _lines(text)
+        if _is_json_array(text, lines):
             raise DataError(f"{path} holds a JSON array; text is read as JSON Lines (one object per line). "
                             f"Convert it, e.g. `jq -c '.[]' {path.name} > {path.stem}.jsonl`")
-        for i, line in enumerate(_lines(text)):
+        for i, line in enumerate(lines):
+            if i + 1 in bad:
+                skipped.append({"item": i + 1, "reason": bad[i + 1]})
+                continue
             if not line.strip():
                 blank += 1
                 continue
@@ -312,6 +395,12 @@ def _read_source(source: str, opts: TextOptions) -> _Read:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 skipped.append({"item": i + 1, "reason": f"invalid JSON: {e.msg} (column {e.colno})"})
+                continue
+            except RecursionError:  # the C parser's guard against stack overflow, one line's problem
+                skipped.append({"item": i + 1, "reason": "JSON nested too deeply"})
+                continue
+            except ValueError as e:  # e.g. an integer over Python's 4300-digit conversion limit
+                skipped.append({"item": i + 1, "reason": f"invalid JSON: {e}"})
                 continue
             if not isinstance(obj, dict):
                 skipped.append({"item": i + 1, "reason": f"a JSON {type(obj).__name__}, not an object"})
