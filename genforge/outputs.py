@@ -66,10 +66,10 @@ def write_texts(samples: TextSamples, out: Path, meta: dict[str, Any]) -> Path:
     lines = []
     for i, text in enumerate(samples.texts):
         rec = {"index": i, "text": text}
-        for name in ("prompts", "finish_reasons", "completion_tokens"):
+        for name, key in (("prompts", "prompt"), ("finish_reasons", "finish_reason"), ("completion_tokens", "completion_tokens")):
             values = getattr(samples, name)
             if values is not None:
-                rec[name[:-1] if name.endswith("s") else name] = values[i]
+                rec[key] = values[i]
         lines.append(json.dumps({**rec, **meta}, ensure_ascii=False))
     path = out / "samples.jsonl"
     atomic_write_text(path, "".join(line + "\n" for line in lines))

@@ -46,7 +46,7 @@ from genforge.runconfig import RunConfig, check_resume_changes, config_diff, par
 from genforge.runs import RUN_FORMAT, list_runs, new_run_id, read_info, resolve_run, write_info
 from genforge.workspace import atomic_write_text, runs_dir
 
-UNITS = {"image": "img/s", "text": "seq/s", "table": "rows/s"}
+UNITS = {"image": "img/s", "text": "tok/s", "table": "rows/s"}
 
 
 def train(config: RunConfig, *, resume: bool = False, run: str | None = None, console: Console | None = None) -> Path:
@@ -127,9 +127,12 @@ def _init_source(config: RunConfig, ckpt: Checkpoint) -> tuple[DataSpec, Fitted 
     src = ckpt.model_info()
     if src["family"] != config.model.family:
         raise ConfigError(f"train.init_from {ckpt.path} is a {src['family']} model; this run is {config.model.family}")
-    diffs = config_diff(src["model"], config.model.model_dump(mode="json"))
+    tunable = get_family(config.model.family).TUNABLE
+    strip = lambda d: {k: v for k, v in d.items() if k not in tunable}  # noqa: E731
+    diffs = config_diff(strip(src["model"]), strip(config.model.model_dump(mode="json")))
     if diffs:
-        raise ConfigError(f"train.init_from {ckpt.path}: the model section must equal the source's; differs: " + "; ".join(diffs))
+        raise ConfigError(f"train.init_from {ckpt.path}: the model section must equal the source's but for "
+                          f"{', '.join(tunable) or 'nothing'}; differs: " + "; ".join(diffs))
     return DataSpec.from_json(src["data_spec"]), load_fitted(ckpt.path, src["fitted"])
 
 
@@ -273,6 +276,7 @@ class _Loop:
         self.step, self.start_step = s.step, s.step
         self.metrics_path = s.run_dir / "metrics.jsonl"
         self.unit = UNITS[s.spec.kind]
+        self.per_row = s.spec.block_size if s.spec.kind == "text" else 1  # a text row is block_size tokens
         tc = self.tc
         self.total_steps = tc.steps or (tc.epochs * s.data.steps_per_epoch if tc.epochs else None)
         self.sums: dict[str, torch.Tensor] = {}
@@ -328,7 +332,7 @@ class _Loop:
         lrs = {name: opt.param_groups[0]["lr"] for name, opt in s.opt.optimizers.items()}  # each its own rate
         rec = {"step": self.step, "split": "train", "time_s": round(secs, 3), **window,
                **({"lr": next(iter(lrs.values()))} if len(lrs) == 1 else {f"lr_{k}": v for k, v in lrs.items()}),
-               "items_per_s": self.count * self.tc.batch_size / max(now - self.last_log_t, 1e-9)}
+               "items_per_s": self.count * self.tc.batch_size * self.per_row / max(now - self.last_log_t, 1e-9)}
         self.sums, self.count, self.last_log_t, self.last = {}, 0, now, rec
         bad = [k for k, v in window.items() if not math.isfinite(v)]
         if bad:  # raised before any checkpoint of these weights is written: the last good one stays

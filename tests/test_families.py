@@ -29,32 +29,56 @@ from genforge.runconfig import parse_run_config
 from genforge.runs import list_runs, load_run
 from genforge.sampling import load_model
 from imagesets import digits, write_images
+from textsets import corpus, write_texts
 
 TRAIN = {"steps": 8, "batch_size": 16, "warmup_steps": 2, "log_every": 2, "val_every": 4, "val_items": 32,
          "checkpoint_every": 4, "keep_checkpoints": 3, "threads": 1,
          "precision": "fp32"}  # bf16 kernels differ with the batch size beyond 1 level of 255
 
-# The smallest model of each family that still exercises all of it. A family without an entry fails
-# `test_every_family_has_a_tiny_config`: registering a family means adding it here.
+# The smallest model of each family that still exercises all of it, and the kind of data it eats. A
+# family without an entry fails `test_every_family_has_a_tiny_config`: registering one means adding it here.
 TINY_MODELS = {
     "diffusion": ({"family": "diffusion", "channels": [8, 16], "blocks": 1, "attention": [False, True], "head_dim": 8,
-                   "groups": 4, "timesteps": 100}, {"steps": 3}),
+                   "groups": 4, "timesteps": 100}, {"steps": 3}, "image"),
     "gan": ({"family": "gan", "z_dim": 8, "embed_dim": 4, "g_channels": 8, "d_channels": 8, "r1_gamma": 1.0,
-             "r1_every": 2, "n_critic": 2}, {}),
+             "r1_every": 2, "n_critic": 2}, {}, "image"),
     "vae": ({"family": "vae", "channels": [8, 16], "blocks": 0, "groups": 4, "latent": 4, "class_dim": 4,
-             "kl_warmup_steps": 4}, {}),
+             "kl_warmup_steps": 4}, {}, "image"),
+    "gpt": ({"family": "gpt", "vocab_size": 300, "block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 16},
+            {"max_tokens": 6, "top_k": 50, "top_p": 0.95}, "text"),
 }
+DATASETS = {"image": "digits", "text": "corpus"}
+# one request per kind whose items differ in their condition: classes, or prompts of different lengths
+REQUESTS = {"image": {"labels": (3, 1, 4, 1, 5, 9, 2, 6)},
+            "text": {"prompts": ("好", "The prime minister said", "", "这本书的质量", "a", "质量很好，物流也快 👍", "Sydney", "")}}
 
 
-def tiny_config(family: str, name: str = "tiny", dataset: str = "digits", **train) -> dict:
-    model, sample = TINY_MODELS[family]
-    return {"name": name, "data": {"dataset": dataset}, "model": model, "train": {**TRAIN, **train}, "sample": sample}
+def kind(family: str) -> str:
+    return TINY_MODELS[family][2]
+
+
+def tiny_config(family: str, name: str = "tiny", dataset: str | None = None, **train) -> dict:
+    model, sample, k = TINY_MODELS[family]
+    return {"name": name, "data": {"dataset": dataset or DATASETS[k]}, "model": model, "train": {**TRAIN, **train},
+            "sample": sample}
 
 
 @pytest.fixture
-def data():
+def data(request):
+    """The dataset of the test's family's kind (diffusion's when the test has no family)."""
+    family = getattr(request.node, "callspec", None) and request.node.callspec.params.get("family") or "diffusion"
+    if kind(family) == "text":
+        texts, _ = corpus()
+        return write_texts("corpus", texts, val=24)
     x, y = digits(160)
     return write_images("digits", x, y, [str(i) for i in range(10)], val=32)
+
+
+def same_item(a, i: int, b, j: int) -> bool:
+    """Item i of samples a is item j of b: texts exactly, images up to float reassociation (1 level)."""
+    if a.kind == "text":
+        return a.texts[i] == b.texts[j] and a.finish_reasons[i] == b.finish_reasons[j]
+    return np.abs(a.images[i].astype(int) - b.images[j].astype(int)).max() <= 1
 
 
 def files(run_dir, step):
@@ -122,20 +146,22 @@ def test_sigkill_mid_run_then_resume_is_bitwise(family, data, tmp_path):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_items_do_not_depend_on_their_batch_and_the_folder_describes_itself(family, data, tmp_path):
     run = genforge.train(tiny_config(family))
-    request = SampleRequest.make(8, seed=5, labels=(3, 1, 4, 1, 5, 9, 2, 6))
+    request = SampleRequest.make(8, seed=5, **REQUESTS[kind(family)])
     batch = run.sample(request, batch_size=8)
-    assert run.sample(SampleRequest.make(12, seed=5), batch_size=5).labels == tuple(i % 10 for i in range(12))
-    for i in (0, 3, 7):
-        alone = run.sample(request.slice(i, i + 1), batch_size=1)
-        assert np.abs(alone.images[0].astype(int) - batch.images[i].astype(int)).max() <= 1, i  # float reassociation
-    assert not np.array_equal(batch.images, run.sample(SampleRequest.make(8, seed=6)).images)
+    if kind(family) == "image":
+        assert run.sample(SampleRequest.make(12, seed=5), batch_size=5).labels == tuple(i % 10 for i in range(12))
+    for i in (0, 1, 3, 7):
+        assert same_item(run.sample(request.slice(i, i + 1), batch_size=1), 0, batch, i), i
+    other = run.sample(SampleRequest.make(8, seed=6, **REQUESTS[kind(family)]))
+    assert not all(same_item(batch, i, other, i) for i in range(8))
 
     folder = tmp_path / "exported"
     shutil.copytree(run.checkpoint().path, folder)  # nothing of the run but this folder
     shutil.rmtree(run.path)
     model = load_model(folder)
-    assert model.family_name == family and model.spec.num_classes == 10
-    assert np.abs(model.sample(request).images.astype(int) - batch.images.astype(int)).max() <= 1
+    assert model.family_name == family and model.spec.kind == kind(family)
+    again = model.sample(request)
+    assert all(same_item(again, i, batch, i) for i in range(8))
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -143,13 +169,21 @@ def test_python_api_round_trip_and_fine_tuning(family, data, tmp_path):
     run = genforge.train(tiny_config(family, name="base"))
     assert run.info["status"] == "completed" and run.info["family"] == family and run.info["step"] == 8
     info = run.checkpoint().model_info()
-    assert info["family"] == family and info["data_spec"]["kind"] == "image" and info["data_spec"]["height"] == 28
+    assert info["family"] == family and info["data_spec"]["kind"] == kind(family)
 
-    out = genforge.generate(run.id, 4, seed=1, labels=["7"], out=tmp_path / "gen")
-    assert out.samples.labels == (7, 7, 7, 7) and out.path == tmp_path / "gen" / "grid.png" and out.path.is_file()
-    assert json.loads((tmp_path / "gen" / "samples.json").read_text())["checkpoint"] == run.checkpoint().path.name
-    with pytest.raises(ModelError, match="unknown class 'cat'"):
-        genforge.generate(run.id, 1, labels=["cat"])
+    if kind(family) == "image":
+        assert info["data_spec"]["height"] == 28
+        out = genforge.generate(run.id, 4, seed=1, labels=["7"], out=tmp_path / "gen")
+        assert out.samples.labels == (7, 7, 7, 7) and out.path == tmp_path / "gen" / "grid.png" and out.path.is_file()
+        assert json.loads((tmp_path / "gen" / "samples.json").read_text())["checkpoint"] == run.checkpoint().path.name
+        with pytest.raises(ModelError, match="unknown class 'cat'"):
+            genforge.generate(run.id, 1, labels=["cat"])
+    else:
+        out = genforge.generate(run.id, 2, seed=1, prompts=["好", "The"], out=tmp_path / "gen")
+        records = [json.loads(line) for line in out.path.read_text(encoding="utf-8").splitlines()]
+        assert out.path == tmp_path / "gen" / "samples.jsonl" and [r["prompt"] for r in records] == ["好", "好", "The", "The"]
+        assert all(r["checkpoint"] == run.checkpoint().path.name and r["finish_reason"] in ("stop", "length")
+                   and r["text"] == t for r, t in zip(records, out.samples.texts))
     with pytest.raises(ConfigError, match="sample options"):
         genforge.generate(run.id, 1, options={"no_such_option": 1})
 
@@ -168,7 +202,7 @@ def test_python_api_round_trip_and_fine_tuning(family, data, tmp_path):
     other = dict(tiny_config(family, name="bad"), model={**TINY_MODELS[family][0]})
     x, y = digits(80)
     write_images("small", x[:, :, :16, :16].copy(), y, [str(i) for i in range(10)], val=16)
-    with pytest.raises(DataError, match="shape"):
+    with pytest.raises(DataError, match="shape" if kind(family) == "image" else "trains on text datasets"):
         genforge.train({**other, "data": {"dataset": "small"}, "train": {**TRAIN, "init_from": run.id}})
 
 

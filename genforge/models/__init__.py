@@ -30,7 +30,8 @@ if TYPE_CHECKING:
 
     from genforge.data.store import Dataset
 
-FAMILIES = {"diffusion": "genforge.models.diffusion", "gan": "genforge.models.gan", "vae": "genforge.models.vae"}
+FAMILIES = {"diffusion": "genforge.models.diffusion", "gan": "genforge.models.gan", "vae": "genforge.models.vae",
+            "gpt": "genforge.models.gpt"}
 
 Kind = Literal["image", "text", "table"]
 Batch = dict[str, torch.Tensor]  # tensors with one common first dimension: the trainer indexes rows
@@ -208,6 +209,7 @@ class Family(Protocol):
     EMA: tuple[str, ...]               # modules whose moving average is kept and used for sampling
     HEADLINE: str                      # the loss shown in progress and logs
     GRAD_SYNC: Literal["ddp", "optimizer"]  # "optimizer": gradients all-reduced in `opt.step` (double backward)
+    TUNABLE: tuple[str, ...]           # `model:` fields a fine-tuning run (train.init_from) may change
 
     def optimizers(self, config: Any) -> dict[str, OptimizerSpec]:
         """Optimizer name -> the modules it updates and its own settings."""
@@ -236,7 +238,7 @@ class Family(Protocol):
         discriminator), else None."""
 
 
-_CONSTANTS = ("Config", "SampleConfig", "KINDS", "EMA", "HEADLINE", "GRAD_SYNC")
+_CONSTANTS = ("Config", "SampleConfig", "KINDS", "EMA", "HEADLINE", "GRAD_SYNC", "TUNABLE")
 _FUNCTIONS = ("optimizers", "fit", "encode", "build", "train_step", "val_loss", "sample", "health")
 
 

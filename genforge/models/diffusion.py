@@ -86,6 +86,7 @@ KINDS = ("image",)
 EMA = ("model",)
 HEADLINE = "loss"
 GRAD_SYNC = "ddp"
+TUNABLE = ("cond_drop",)  # model fields a fine-tuning run may change (the weights' shapes stay)
 
 
 # ----------------------------------------------------------------------------- the UNet

@@ -62,6 +62,7 @@ KINDS = ("image",)
 EMA = ("generator",)
 HEADLINE = "d_loss"
 GRAD_SYNC = "optimizer"  # R1 differentiates D's input gradient: double backward, which DDP cannot run
+TUNABLE = ()  # model fields a fine-tuning run may change (the weights' shapes stay)
 
 
 # ----------------------------------------------------------------------------- the networks

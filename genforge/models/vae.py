@@ -79,6 +79,7 @@ KINDS = ("image",)
 EMA = ("model",)
 HEADLINE = "nelbo"
 GRAD_SYNC = "ddp"
+TUNABLE = ("beta", "kl_warmup_steps")  # model fields a fine-tuning run may change (the weights' shapes stay)
 COLLAPSED_KL = 1e-4  # nats per dimension (0.08 per 28x28 digit): below this z carries next to nothing
 
 
