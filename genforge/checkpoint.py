@@ -36,6 +36,7 @@ from torch import nn
 
 from genforge.errors import CheckpointError
 from genforge.models import Fitted
+from genforge.models.lora import ADAPTER
 from genforge.workspace import atomic_write_json, atomic_write_with, publish_dir, sha256_file
 
 FORMAT = "genforge-checkpoint/1"
@@ -195,6 +196,30 @@ def save_checkpoint(root: Path, step: int, *, modules: dict[str, nn.Module], ema
     return final
 
 
+def save_model_folder(final: Path, *, modules: dict[str, nn.Module], model_info: dict[str, Any],
+                      fitted: Fitted | None) -> Path:
+    """A checkpoint folder of weights alone, at step 0 with no optimizer or RNG state: a model that
+    was not trained here (an import). `load_model` samples from it and `train.init_from` fine-tunes
+    it like any checkpoint. Assembled aside and renamed into place; an existing folder is never replaced."""
+    if final.exists():
+        raise CheckpointError(f"{final} already exists")
+    tmp = final.parent / f".tmp-{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir(parents=True)
+    try:
+        sums = save_fitted(tmp, fitted)
+        atomic_write_json(tmp / "model.json", {"format": MODEL_FORMAT, **model_info, "fitted": dict(sums)})
+        tensors, aliases = _module_tensors(modules)
+        _save_tensors(tmp / "model.safetensors", tensors, aliases)
+        sums.update({f: sha256_file(tmp / f) for f in ("model.json", "model.safetensors")})
+        atomic_write_json(tmp / "state.json", {"format": FORMAT, "step": 0, "files": sums})
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not publish_dir(tmp, final):
+        raise CheckpointError(f"{final} already exists")
+    return final
+
+
 # ----------------------------------------------------------------------------- reading
 
 @dataclass(frozen=True)
@@ -272,9 +297,13 @@ def load_modules(ckpt: Checkpoint, modules: dict[str, nn.Module], fname: str = "
         prefix = f"{name}."
         sd = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
         try:
-            m.load_state_dict(sd, strict=True)
+            missing, unexpected = m.load_state_dict(sd, strict=False)
         except RuntimeError as e:
             raise CheckpointError(f"{ckpt.path / fname} does not fit module {name!r}: {e}") from None
+        missing = [k for k in missing if ADAPTER not in k]  # new LoRA adapters start at their init
+        if missing or unexpected:
+            raise CheckpointError(f"{ckpt.path / fname} does not fit module {name!r}: missing {missing[:5]}, "
+                                  f"unexpected {unexpected[:5]}")
 
 
 def load_optimizers(ckpt: Checkpoint, optimizers: dict[str, torch.optim.Optimizer]) -> None:

@@ -153,3 +153,36 @@ def compare_cmd(
     import genforge
 
     _print_evaluation(genforge.compare(runs, n=n, seed=seed, fid=fid, out=out), "comparison")
+
+
+# ----------------------------------------------------------------------------- export / import
+
+@_app.command("export")
+def export_cmd(
+    run: str = typer.Argument(..., help="a gpt run (id, unique prefix, 'latest', or a run directory) or checkpoint folder"),
+    format_: str = typer.Option("hf", "--format", help="hf: a Hugging Face GPT-2 folder (GPT2LMHeadModel, AutoTokenizer)"),
+    out: Path = typer.Option(..., "--out", help="the folder to write (new, or empty)"),
+) -> None:
+    """Export a trained model for another toolkit (EMA weights where kept)."""
+    from genforge.errors import ConfigError
+    from genforge.interop import export_hf
+
+    if format_ != "hf":
+        raise ConfigError(f"--format must be hf, got {format_!r}")
+    console.print(f"exported {run} to {export_hf(run, out)}", highlight=False)
+
+
+@_app.command("import")
+def import_cmd(
+    path: Path = typer.Argument(..., help="a local Hugging Face GPT-2 folder: config.json, model.safetensors, tokenizer.json"),
+    name: str = typer.Option(..., "--name", help="model name: the folder WORKSPACE/models/NAME"),
+) -> None:
+    """Import a Hugging Face GPT-2 model as a checkpoint folder to sample from or fine-tune (train.init_from)."""
+    import json
+
+    from genforge.interop import import_hf
+
+    folder = import_hf(path, name)
+    model = json.loads((folder / "model.json").read_text(encoding="utf-8"))["model"]
+    console.print(f"imported {path} to {folder}\nfine-tune it with train.init_from: {folder} and model: "
+                  + json.dumps({k: v for k, v in model.items() if v is not None}), highlight=False)

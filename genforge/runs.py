@@ -52,7 +52,8 @@ def list_runs() -> list[tuple[Path, dict[str, Any]]]:
 
 
 def resolve_run(ref: str | Path) -> Path:
-    """A run id, a unique prefix of one, "latest", or a path to a run directory -> its directory."""
+    """A run id, a run name (its newest run: what a fine-tuning config's `init_from` names), a unique
+    prefix of an id, "latest", or a path to a run directory -> its directory."""
     p = Path(ref)
     if p.is_dir() and read_info(p):
         return p.resolve()
@@ -62,7 +63,8 @@ def resolve_run(ref: str | Path) -> Path:
     if str(ref) == "latest":
         return runs[-1][0]
     exact = [path for path, _ in runs if path.name == str(ref)]
-    hits = exact or [path for path, _ in runs if path.name.startswith(str(ref))]
+    named = [path for path, info in runs if info.get("name") == str(ref)][-1:]
+    hits = exact or named or [path for path, _ in runs if path.name.startswith(str(ref))]
     if len(hits) != 1:
         names = ", ".join(path.name for path, _ in runs[-10:])
         raise ModelError(f"{'no' if not hits else 'more than one'} run matches {str(ref)!r} (recent runs: {names})")

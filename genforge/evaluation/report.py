@@ -21,24 +21,35 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 from rich.table import Table
 
 from genforge.data.store import Dataset
+from genforge.evaluation.text import MEMORISED_NGRAM
+from genforge.models import ImageSamples, TextSamples
 from genforge.outputs import image_grid, to_pil
 from genforge.runs import Run
 
 PER_CLASS = 10  # images per class row in the grids
 PAD = 2         # grid padding in pixels, as `image_grid` draws it
+SHOWN_PROMPTS, SHOWN_PER_PROMPT = 4, 3  # texts shown per run: the first prompts, a few samples each
+SHOWN_DOCUMENTS, SHOWN_REAL = 6, 3  # unprompted samples shown, and real held-out texts beside them
+UNITS = {"image": ("images", "images/s"), "text": ("texts", "tokens/s")}  # what n counts, training speed
+TIMINGS = {"evaluator_s": "evaluator", "perplexity_s": "perplexity", "metrics_s": "metrics", "fid_s": "FID",
+           "total_s": "total"}
 
 
 @dataclass(frozen=True)
 class Metric:
     key: str
     label: str
-    better: str  # "lower" or "higher"
+    better: str  # "lower", "higher", or "reference": the closer to the real reference row, the better
     digits: int
     meaning: str
 
+    @property
+    def arrow(self) -> str:
+        return {"lower": "↓", "higher": "↑", "reference": "≈"}[self.better]
+
 
 # Every figure of genforge's evaluator network says so in its key and label: none is the standard one.
-METRICS = (
+IMAGE_METRICS = (
     Metric("evaluator_fd", "FD (evaluator)", "lower", 3, "Fréchet distance between the evaluator-network features of these "
            "images and of the training images: overall realism and variety in one figure."),
     Metric("evaluator_kid", "KID (evaluator)", "lower", 4, "Kernel distance on the same features; unbiased, so sets of different "
@@ -59,6 +70,28 @@ METRICS = (
            "statistics of train-split images. It falls as either image count grows, so it compares only with FIDs made at "
            "the same two counts, which the report's notes name."),
 )
+# Counted in the tokens of `text.tokenize` (characters for Chinese, words otherwise), except perplexity.
+TEXT_METRICS = (
+    Metric("perplexity", "Perplexity", "lower", 2, "exp of the model's mean loss per token over the whole held-out split, "
+           "in the run's own BPE tokens (so exactly comparable only between runs that share a tokenizer). Read it against "
+           "the unigram baseline row; it does not apply to real texts."),
+    Metric("distinct_1", "Distinct-1", "reference", 3, "Distinct tokens / all tokens of the set (Li et al. 2016): "
+           "vocabulary variety. Far below the real row: dull or repetitive; far above: word salad."),
+    Metric("distinct_2", "Distinct-2", "reference", 3, "Distinct token pairs / all tokens of the set: phrase variety."),
+    Metric("self_bleu", "Self-BLEU", "reference", 3, "Mean BLEU-4 of each text against all the others: 1 when all are "
+           "alike, 0 when none shares a token. Above the real row: samples resemble each other (several samples of one "
+           "prompt share its topic, so expect somewhat more)."),
+    Metric("repetition", "Repetition", "lower", 3, "Mean share of each text's 4-grams that repeat an earlier 4-gram of "
+           "the same text: loops."),
+    Metric("length_mean", "Length", "reference", 1, "Mean tokens per text. Samples stop at the sampling budget "
+           "(max_tokens), and real texts are cut to the same budget before they are scored."),
+    Metric("length_std", "Length std", "reference", 1, "Spread of the tokens per text: near 0 when every sample "
+           "runs to the budget."),
+    Metric("ngram_memorisation", f"Memorisation ({MEMORISED_NGRAM}-gram)", "lower", 3, f"Share of texts that copy "
+           f"{MEMORISED_NGRAM} or more tokens in a row from a training text. The real row shows how much unseen texts "
+           "share with the training texts anyway."),
+)
+METRICS = IMAGE_METRICS + TEXT_METRICS
 
 
 @dataclass
@@ -67,8 +100,8 @@ class ReportEntry:
 
     run: Run
     metrics: dict[str, Any]
-    samples: np.ndarray        # uint8 (N, C, H, W)
-    sample_labels: np.ndarray  # requested class per sample, -1 when unconditional
+    samples: ImageSamples | TextSamples
+    reference: TextSamples | None = None  # the real held-out texts the reference row scored
 
 
 def _data_uri(png: bytes) -> str:
@@ -95,6 +128,22 @@ def class_grid(images: np.ndarray, labels: np.ndarray, classes: list[str], per_c
     scale = max(1, 64 // images.shape[2])  # small images are shown enlarged, pixels kept sharp
     return {"uri": png_data_uri(grid), "width": grid.shape[1] * scale, "rows": rows,
             "row_height": (images.shape[2] + PAD) * scale, "pad": PAD * scale}
+
+
+def text_groups(samples: TextSamples, reference: TextSamples | None) -> list[dict[str, Any]]:
+    """The samples grouped by prompt (the first few prompts, a few samples each) with a real held-out
+    text of the same prompt; unprompted samples are one group, beside a few real held-out texts."""
+    prompts = samples.prompts or [""] * len(samples)
+    groups: dict[str, list[str]] = {}
+    for p, t in zip(prompts, samples.texts):
+        groups.setdefault(p, []).append(t)
+    real = reference or TextSamples([])
+    if list(groups) == [""]:
+        return [{"prompt": None, "samples": groups[""][:SHOWN_DOCUMENTS], "real": real.texts[:SHOWN_REAL]}]
+    real_prompts = real.prompts or [""] * len(real)
+    return [{"prompt": p, "samples": texts[:SHOWN_PER_PROMPT],
+             "real": [t for q, t in zip(real_prompts, real.texts) if q == p][:1]}
+            for p, texts in list(groups.items())[:SHOWN_PROMPTS]]
 
 
 def loss_curves(entries: list[ReportEntry]) -> str | None:
@@ -133,10 +182,11 @@ def format_value(value: Any, digits: int) -> str:
 
 
 def _table(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Only the metrics some row has, each cell formatted."""
+    """Only the metrics some row has, each cell formatted; `unit`: what the rows' n counts."""
     metrics = [m for m in METRICS if any(r.get(m.key) is not None for r in rows)]
-    return {"metrics": metrics,
-            "rows": [{"name": r["name"], "kind": r["kind"], "n": r["n"],
+    return {"metrics": metrics, "unit": "texts" if set(metrics) & set(TEXT_METRICS) else "images",
+            "arrows": {m.better for m in metrics},
+            "rows": [{"name": r["name"], "kind": r["kind"], "n": format_value(r["n"], 0),
                       "cells": [format_value(r.get(m.key), m.digits) for m in metrics]} for r in rows]}
 
 
@@ -146,10 +196,11 @@ def metrics_table(rows: list[dict[str, Any]], title: str = "evaluation") -> Tabl
     table = Table(title=title)
     table.add_column("metric")
     for r in t["rows"]:
-        table.add_column(r["name"] + (" (reference)" if r["kind"] == "reference" else ""), justify="right", overflow="fold")
-    table.add_row("images", *[str(r["n"]) for r in t["rows"]])
+        suffix = f" ({r['kind']})" if r["kind"] in ("reference", "baseline") else ""
+        table.add_column(r["name"] + suffix, justify="right", overflow="fold")
+    table.add_row(t["unit"], *[r["n"] for r in t["rows"]])
     for i, m in enumerate(t["metrics"]):
-        table.add_row(f"{m.label} {'↓' if m.better == 'lower' else '↑'}", *[r["cells"][i] for r in t["rows"]])
+        table.add_row(f"{m.label} {m.arrow}", *[r["cells"][i] for r in t["rows"]])
     return table
 
 
@@ -162,37 +213,65 @@ def _notes(entries: list[ReportEntry]) -> list[str]:
     """Every run's warnings and its standard-FID caveat, each said once: the runs of a comparison share most."""
     said = []
     for e in entries:
-        f = e.metrics["standard_fid"]
-        said += [*e.metrics["warnings"], f["comparable_with"] if f["available"] else f["reason"]]
+        said += e.metrics["warnings"]
+        f = e.metrics.get("standard_fid")
+        if f:
+            said.append(f["comparable_with"] if f["available"] else f["reason"])
     return list(dict.fromkeys(said))
+
+
+def _sampling(metrics: dict[str, Any], unit: str) -> str:
+    """How the samples were made, in one line: count, prompts, budget, seed, overrides and time."""
+    o, s = metrics.get("options", {}), metrics.get("sampling")
+    what = f"{o.get('n')} {unit}"
+    if s:
+        lo, hi = s.get("samples_per_prompt") or (0, 0)
+        what += (f" from {s['prompts']} {s['source']} ({lo if lo == hi else f'{lo}–{hi}'} each)" if s["prompts"]
+                 else f", {s['source']}") + f", at most {s['max_tokens']} tokens"
+    overrides = "".join(f", {k} {v}" for k, v in o.get("sample", {}).items())
+    return f"{what}, seed {o.get('seed')}{overrides}: {metrics.get('timings', {}).get('sampling_s')} s"
+
+
+def _evaluation_time(timings: dict[str, Any]) -> str:
+    return ", ".join(f"{label} {timings[k]} s" for k, label in TIMINGS.items() if timings.get(k) is not None)
+
+
+def _image_labels(samples: ImageSamples) -> np.ndarray:
+    """The requested class per image, -1 when unconditional, as `class_grid` takes them."""
+    return np.asarray(samples.labels if samples.labels is not None else [-1] * len(samples))
 
 
 def render_report(entries: list[ReportEntry], dataset: Dataset | None, rows: list[dict[str, Any]]) -> str:
     """The whole page as a string: one run (evaluate) or several (compare)."""
+    kind = entries[0].samples.kind
+    unit, speed = UNITS[kind]
     runs = []
     for e in entries:
-        classes = list(e.run.data_spec.classes)
+        shown = ({"grid": class_grid(e.samples.images, _image_labels(e.samples), list(e.run.data_spec.classes))}
+                 if isinstance(e.samples, ImageSamples) else {"groups": text_groups(e.samples, e.reference)})
         runs.append({
-            "id": e.run.id, "dataset": e.metrics["dataset"], "checkpoint": e.metrics["checkpoint"],
-            "grid": class_grid(e.samples, e.sample_labels, classes),
+            "id": e.run.id, "dataset": e.metrics["dataset"], "checkpoint": e.metrics["checkpoint"], **shown,
             "config": yaml.safe_dump(e.run.config.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
-            "training": e.metrics.get("training", {}), "timings": e.metrics.get("timings", {}),
-            "options": e.metrics.get("options", {}),
+            "training": e.metrics.get("training", {}), "speed_unit": speed,
+            "sampling": _sampling(e.metrics, unit), "evaluation_time": _evaluation_time(e.metrics.get("timings", {})),
+            "perplexity": e.metrics.get("perplexity"),
         })
     card = None
     if dataset is not None:
         m = dataset.manifest
-        real, real_labels = dataset.images("val")
-        if not len(real):
-            real, real_labels = dataset.images("test")
         card = {"ref": m.ref, "kind": m.kind, "created_at": m.created_at, "classes": m.classes,
                 "source": json.dumps(m.source, ensure_ascii=False, indent=1, default=str),
                 "counts": json.dumps(m.counts, ensure_ascii=False, indent=1, default=str),
-                "gate": m.gate, "real_grid": class_grid(real, real_labels, m.classes) if len(real) else None}
+                "gate": m.gate, "real_grid": None}
+        if kind == "image":
+            real, real_labels = dataset.images("val")
+            if not len(real):
+                real, real_labels = dataset.images("test")
+            card["real_grid"] = class_grid(real, real_labels, m.classes) if len(real) else None
     first = entries[0].metrics
     return _env().get_template("report.html.j2").render(
         title=("Evaluation of " + entries[0].run.id) if len(entries) == 1 else f"Comparison of {len(entries)} runs",
-        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), table=_table(rows), runs=runs, dataset=card,
-        loss_curves=loss_curves(entries), evaluator=first.get("evaluator", {}), standard_fid=first.get("standard_fid", {}),
-        notes=_notes(entries),
+        created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), kind=kind, table=_table(rows), runs=runs,
+        dataset=card, loss_curves=loss_curves(entries), evaluator=first.get("evaluator", {}),
+        standard_fid=first.get("standard_fid", {}), text_tokens=first.get("text_tokens"), notes=_notes(entries),
     )

@@ -1,26 +1,42 @@
 """Text metrics on plain lists and arrays; the LM family supplies log-probabilities and samples.
 
-Tokens here are words for scripts with spaces and single characters for CJK, so the figures mean
-the same for English and Chinese and need no trained tokenizer. References: distinct-n, Li et al.
-2016; self-BLEU, Zhu et al. 2018 (Texygen); repetition, Welleck et al. 2019 (seq-rep-n).
+Tokens (`tokenize`, said in `TOKENS`): characters for Chinese and Japanese (Han, kana), which put
+no spaces between words; words for every other script (Latin, Cyrillic, Hangul, ...), apostrophes
+and hyphens inside a word included ("don't", "state-of-the-art"); and every other punctuation mark
+or symbol on its own. Text is NFKC-normalised and lower-cased first, so full-width "ＯＫ" and "ok"
+are one word. The figures thus mean the same for English, Chinese and text mixing them, and need
+no trained tokenizer. Not handled: Thai, Lao, Khmer and Burmese, also written without spaces,
+count a whole run as one word.
+
+References: distinct-n, Li et al. 2016 (NAACL, "A Diversity-Promoting Objective Function for Neural
+Conversation Models"); self-BLEU, Zhu et al. 2018 (Texygen); repetition, Welleck et al.
+2019 (seq-rep-n).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections import Counter
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
 
-# one CJK ideograph / kana / hangul syllable, a run of other word characters, or one punctuation mark
-_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]|[^\W\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]+|[^\w\s]")
+# Han (with 々 and 〇, the CJK extensions A to H and the compatibility ideographs) and kana
+_CHARS = ("\u3005\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+          "\U00020000-\U0003134f")
+_WORD = rf"[^\W{_CHARS}]+"
+_TOKEN = re.compile(rf"[{_CHARS}]|{_WORD}(?:['’\-]{_WORD})*|[^\w\s]")
+MEMORISED_NGRAM = 8  # tokens in a row a text must share with a training text to count as copied
+TOKENS = ("each Chinese or Japanese character, each word of other scripts and each punctuation mark or symbol is "
+          "one token (after NFKC normalisation and lower-casing)")
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased words, CJK characters one by one, punctuation marks as tokens."""
-    return _TOKEN.findall(text.lower())
+    """The tokens every text figure counts (see the module docstring)."""
+    return _TOKEN.findall(unicodedata.normalize("NFKC", text).lower())
 
 
 def ngrams(tokens: Sequence[str], n: int) -> list[tuple[str, ...]]:
@@ -47,9 +63,16 @@ def perplexity(token_logprobs: Iterable[np.ndarray]) -> float:
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
-    """Unique n-grams / all n-grams across the texts (0 when there are none)."""
-    grams = [g for t in texts for g in ngrams(tokenize(t), n)]
-    return len(set(grams)) / len(grams) if grams else 0.0
+    """Distinct n-grams across the texts / all tokens of the texts (0 without tokens).
+
+    The denominator is the number of generated tokens, as Li et al. 2016 define it, not the number
+    of n-grams. The figure falls as a set grows longer, so sets compare only at similar total length
+    (which is why the evaluation cuts real texts to the samples' token budget). n-grams do not
+    cross from one text into the next.
+    """
+    tokens = [tokenize(t) for t in texts]
+    total = sum(map(len, tokens))
+    return len({g for t in tokens for g in ngrams(t, n)}) / total if total else 0.0
 
 
 def repetition_rate(texts: Sequence[str], n: int = 4) -> float:
@@ -74,8 +97,8 @@ def length_stats(texts: Sequence[str]) -> dict[str, float]:
 def _bleu(hyp: list[Counter], ref_max, hyp_len: int, ref_len: int, max_n: int) -> float:
     """BLEU from the hypothesis n-gram counts (index n-1) and `ref_max(n, gram)`, the most any
     one reference holds of that n-gram (the clipping count)."""
-    if hyp_len == 0:
-        return 0.0
+    if hyp_len == 0 or not any(ref_max(1, g) for g in hyp[0]):
+        return 0.0  # nothing in common: 0, as NLTK returns, not the smoothing's small positive figure
     log_p = 0.0
     for n in range(1, max_n + 1):
         total = max(1, sum(hyp[n - 1].values()))  # a text shorter than n scores 0.1 there, as in NLTK
@@ -106,7 +129,8 @@ def bleu(hypothesis: Sequence[str], references: Sequence[Sequence[str]], max_n: 
 
 
 def self_bleu(texts: Sequence[str], max_n: int = 4, max_texts: int = 1000, seed: int = 0) -> float:
-    """Mean BLEU of each text against all the others: 1 = every text alike, near 0 = all different.
+    """Mean BLEU of each text against all the others: 1 = every text alike, near 0 = all different,
+    and exactly 0 for a text that shares no token with any other.
 
     The clipping counts come from an index of each n-gram's two largest counts, so the cost is
     linear in the number of texts; beyond `max_texts` a seeded sample is scored.
@@ -133,8 +157,29 @@ def self_bleu(texts: Sequence[str], max_n: int = 4, max_texts: int = 1000, seed:
     return float(np.mean(scores))
 
 
-def ngram_memorisation(generated: Sequence[str], train_texts: Iterable[str], n: int = 8) -> float:
-    """Share of generated n-grams (default 8-grams) found verbatim in the training text."""
-    seen = {g for t in train_texts for g in ngrams(tokenize(t), n)}
-    grams = [g for t in generated for g in ngrams(tokenize(t), n)]
-    return sum(g in seen for g in grams) / len(grams) if grams else 0.0
+@dataclass(frozen=True)
+class NgramIndex:
+    """Every n-gram of a set of texts (the training texts), built once and checked against many sets."""
+
+    n: int
+    grams: frozenset[tuple[str, ...]]
+
+    @classmethod
+    def of(cls, texts: Iterable[str], n: int = MEMORISED_NGRAM) -> "NgramIndex":
+        return cls(n, frozenset(g for t in texts for g in ngrams(tokenize(t), n)))
+
+
+def ngram_memorisation(generated: Sequence[str], train: NgramIndex) -> float:
+    """Share of the texts that hold at least one n-gram of the training texts verbatim: each text counts once however much it copies. A text shorter than n tokens cannot
+    hold one and counts as not copied. 0 for no texts."""
+    if not generated:
+        return 0.0
+    return sum(any(g in train.grams for g in ngrams(tokenize(t), train.n)) for t in generated) / len(generated)
+
+
+def unigram_perplexity(train_ids: np.ndarray, heldout_ids: np.ndarray, vocab_size: int) -> float:
+    """Perplexity on `heldout_ids` of a unigram model of `train_ids` with add-one (Laplace) smoothing
+    over the whole vocabulary: what a model that ignores all context reaches with the same tokens,
+    the floor any language model must beat."""
+    counts = np.bincount(np.asarray(train_ids, dtype=np.int64), minlength=vocab_size) + 1.0
+    return perplexity([np.log(counts[np.asarray(heldout_ids, dtype=np.int64)] / counts.sum())])

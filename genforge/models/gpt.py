@@ -25,7 +25,10 @@ and its sampling draws come from its own generator: an item's output does not de
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,6 +42,7 @@ from genforge.config import StrictModel
 from genforge.errors import DataError, ModelError
 from genforge.models import (Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TextSamples,
                              item_generators)
+from genforge.models.lora import LoraConfig, apply_lora
 from genforge.tokenizer import TextTokenizer
 
 
@@ -55,6 +59,7 @@ class Config(StrictModel):
     format: Literal["text", "prompt_completion"] = "text"  # see the module docstring
     # A labeled text dataset trained as prompt/completion: class name -> the prompt asking for it
     label_prompts: dict[str, str] | None = None
+    lora: LoraConfig | None = None  # train low-rank adapters only (genforge.models.lora), the rest frozen
 
     @model_validator(mode="after")
     def _check(self) -> "Config":
@@ -74,6 +79,7 @@ class SampleConfig(StrictModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)  # 1: no nucleus cut
     repetition_penalty: float = Field(default=1.0, ge=1.0, le=10.0)  # 1: none
     stop: list[str] = Field(default=[], max_length=16)  # generation ends before the first of these
+    quantize: Literal["none", "int8"] = "none"  # int8: dynamic int8 linear layers (CPU), see `quantized`
 
 
 KINDS = ("text",)
@@ -81,7 +87,7 @@ EMA = ("model",)
 HEADLINE = "loss"
 GRAD_SYNC = "ddp"
 # Fields an init_from run may change: they change what the model is fed, not the weights' shapes.
-TUNABLE = ("dropout", "format", "label_prompts")
+TUNABLE = ("dropout", "format", "label_prompts", "lora")
 
 
 # ----------------------------------------------------------------------------- the network
@@ -189,6 +195,23 @@ class KVCache:
 
 
 # ----------------------------------------------------------------------------- generation
+
+_INT8: "weakref.WeakKeyDictionary[GPT, nn.Module]" = weakref.WeakKeyDictionary()
+
+
+def quantized(model: GPT) -> nn.Module:
+    """The model with int8 weights in every Linear layer (activations quantised on the fly per batch:
+    PyTorch's dynamic quantisation, fbgemm/oneDNN int8 GEMMs), made once per model and cached. It
+    reads a quarter of the bytes per token, which is what bounds generation at small batches; its
+    cost in validation perplexity is measured in benchmarks/bench_gpt.py. The API is deprecated in
+    favour of torchao, which would be one more dependency for the same kernels."""
+    if model not in _INT8:
+        from torch.ao.quantization import quantize_dynamic
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the deprecation notice, once per model
+            _INT8[model] = quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+    return _INT8[model]
+
 
 def _filter(logits: torch.Tensor, seen: torch.Tensor, o: SampleConfig) -> torch.Tensor:
     """Repetition penalty, temperature, top-k and top-p on (B, V) float logits; cut tokens get -inf."""
@@ -335,7 +358,8 @@ def build(config: Config, spec: DataSpec, fitted: Fitted | None) -> dict[str, nn
         raise ModelError(f"the gpt family trains on text datasets, got a {spec.kind} dataset")
     if spec.block_size != config.block_size:
         raise ModelError(f"model.block_size {config.block_size} differs from the data spec's {spec.block_size}")
-    return {"model": GPT(config, spec.vocab_size)}
+    model = GPT(config, spec.vocab_size)
+    return {"model": apply_lora(model, config.lora) if config.lora else model}
 
 
 def _loss(model: GPT, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -367,8 +391,14 @@ def sample(modules: dict[str, nn.Module], spec: DataSpec, fitted: Fitted, reques
     if len(prompts) != request.n:
         raise ModelError(f"prompts must hold one prompt per item ({request.n}), got {len(prompts)}")
     ids = [prompt_ids(tok, p, model.config.format) for p in prompts]
-    got = generate(model, ids, item_generators(request.seeds), options, frozenset({tok.eot, tok.pad}),
-                   options.stop, tok.decode)
+    net, precision = model, contextlib.nullcontext()
+    if options.quantize == "int8":
+        if model.wte.weight.device.type != "cpu":
+            raise ModelError("sample.quantize: int8 runs on the CPU only")
+        net, precision = quantized(model), torch.autocast("cpu", enabled=False)  # int8 kernels take fp32 inputs
+    with precision:
+        got = generate(net, ids, item_generators(request.seeds), options, frozenset({tok.eot, tok.pad}),
+                       options.stop, tok.decode)
     texts = []
     for toks in got.tokens:
         text = tok.decode(toks)
