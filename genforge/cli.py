@@ -128,7 +128,7 @@ def _print_evaluation(metrics: dict, title: str) -> None:
 @_app.command("evaluate")
 def evaluate_cmd(
     run: str = typer.Argument(..., help="run id, unique prefix, 'latest', or a run directory"),
-    n: int = typer.Option(None, "--n", help="samples to score (default: the held-out split's size, at most 1000)"),
+    n: int = typer.Option(None, "--n", help="samples to score (default: the held-out split's size, at most 1000 images or 200 texts)"),
     seed: int = typer.Option(0, "--seed"),
     set_: list[str] = typer.Option(None, "--set", help="a sampling option: sample.<field>=value"),
     fid: bool = FidOpt,

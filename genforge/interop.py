@@ -76,7 +76,7 @@ def _hf_config(c: Config, vocab_size: int, tok: TextTokenizer) -> dict[str, Any]
             **FIXED, "bos_token_id": tok.eot, "eos_token_id": tok.eot, "pad_token_id": tok.pad, "use_cache": True}
 
 
-def _hf_tensors(model: GPT) -> dict[str, torch.Tensor]:
+def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     """Our state dict under GPT-2's names; the output layer is left out: Hugging Face ties it to wte."""
     return {f"transformer.{k}": (t.t() if k.endswith(CONV1D) else t).contiguous()
             for k, t in model.state_dict().items() if k != "lm_head.weight"}
@@ -102,7 +102,7 @@ def export_hf(run_or_checkpoint: str | Path, out: Path) -> Path:
     tmp = out.parent / f".tmp-{out.name}-{uuid.uuid4().hex[:8]}"
     try:
         atomic_write_json(tmp / "config.json", _hf_config(gpt.config, gpt.vocab_size, tok))
-        tensors = _hf_tensors(gpt)
+        tensors = hf_state_dict(gpt)
         atomic_write_with(tmp / "model.safetensors", lambda p: save_file(tensors, p, metadata={"format": "pt"}))
         atomic_write_text(tmp / "tokenizer.json", tok.tokenizer.to_str())
         atomic_write_json(tmp / "special_tokens_map.json", special)

@@ -165,7 +165,7 @@ def test_evaluate_a_text_run_end_to_end(ws):
         assert 0 <= ref[key] and np.isfinite(samples[key]), key
     assert 0 < ref["distinct_2"] <= 1 and ref["length_max"] <= 3 * 40  # cut to 40 BPE tokens, each at most 3 Han characters
     info = metrics["perplexity"]
-    assert info["available"] and info["split"] == "val" and info["texts"] == 24 and info["tokens"] > 24
+    assert info["available"] and info["split"] == "val" and info["tokens"] > 24 and info["vocab_size"] == 300
     assert metrics["sampling"] == {"max_tokens": 40, "prompts": None, "source": "new documents"}
     assert metrics["text_tokens"] == text.TOKENS and metrics["warnings"] == []
     assert {"sampling_s", "perplexity_s", "metrics_s", "total_s"} <= set(metrics["timings"])
@@ -214,3 +214,21 @@ def test_compare_text_runs_in_one_table(ws, tmp_path):
     assert ws["a"].name in html and ws["b"].name in html and "Comparison of 2 runs" in html
     with pytest.raises(ConfigError, match="standard FID is an image figure"):
         invoke("evaluate", str(ws["a"]), "--fid")
+
+
+def test_a_text_dataset_without_held_out_texts_is_warned_about(ws):
+    import pandas as pd
+
+    from genforge.data.store import DatasetWriter
+
+    w = DatasetWriter("corpus-all-train", "text")
+    w.write_frame("train", pd.DataFrame({"text": corpus()[0]}, dtype="string"))
+    w.write_frame("val", pd.DataFrame({"text": []}, dtype="string"))  # the trainer reads a val split, empty or not
+    w.commit(classes=[], schema={"format": "text"}, counts={"train": len(corpus()[0]), "val": 0})
+    run = genforge.train(tiny_config("gpt", name="gpt-no-val", dataset="corpus-all-train", val_every=0))
+    metrics = genforge.evaluate(run.id, n=10)
+    assert [r["kind"] for r in metrics["rows"]] == ["samples"] and metrics["rows"][0]["perplexity"] is None
+    [warning] = metrics["warnings"]
+    assert "has no held-out texts" in warning and "no perplexity and no unigram baseline" in warning
+    assert metrics["perplexity"] == {"available": False, "reason": "no held-out texts"}
+    assert warning in Path(metrics["report"]).read_text(encoding="utf-8")

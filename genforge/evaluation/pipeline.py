@@ -1,9 +1,10 @@
 """The evaluate stage: score a run's samples against its dataset, always beside real held-out data.
 
-`evaluate_run` writes `runs/<id>/eval/` (metrics.json, the samples, report.html) for image and text
-runs; `compare_runs` puts several runs of one kind in one table and report, all scored at one n and
-seed. `ImageReference.score` and `TextReference.score` are the pieces the registry and the service
-reuse: every figure of one set of images or texts, against one dataset. Figures from genforge's
+`evaluate_run` writes `runs/<id>/eval/` for image and text runs: metrics.json, report.html and the
+samples scored (samples.safetensors; for text samples.jsonl, and reference/samples.jsonl, the real
+texts of the reference row). `compare_runs` puts several runs of one kind in one table and report,
+all scored at one n and seed. `ImageReference.score` and `TextReference.score` are the pieces the
+registry and the service reuse: every figure of one set of images or texts, against one dataset. Figures from genforge's
 evaluator network are keyed `evaluator_*`, so none of them reads as the standard figure of the same
 name; `fid` is the standard Inception FID.
 
@@ -248,7 +249,7 @@ def _split_texts(run: Run, dataset: Dataset, split: str) -> tuple[list[str] | No
     are what the model learns to write, whole documents or completions."""
     if not len(dataset.frame(split)):
         return None, []
-    a, b = gpt._texts(dataset, split, run.config.model)
+    a, b = gpt.split_texts(dataset, split, run.config.model)
     return (None, a) if b is None else (a, b)
 
 
@@ -290,10 +291,30 @@ def heldout_perplexity(model: Model, batch: Batch, batch_size: int = 64) -> floa
     total, weight = 0.0, 0.0
     with autocast(model.device, model.precision):
         for i in range(0, batch_rows(batch), batch_size):
-            out, w = model.family.val_loss(model.modules, {k: v[i:i + batch_size].to(model.device) for k, v in batch.items()})
+            rows = {k: v[i:i + batch_size].to(model.device) for k, v in batch.items()}
+            out, w = model.family.val_loss(model.modules, rows)
             total += float(out["loss"]) * w
             weight += w
     return math.exp(total / weight)
+
+
+def _perplexities(model: Model, dataset: Dataset, split: str, train_split: str,
+                  batch_size: int) -> tuple[float | None, float | None, dict[str, Any]]:
+    """The model's and the unigram baseline's perplexity on every target token of the held-out
+    split, and what they were measured on (or why they were not)."""
+    if not split:
+        return None, None, {"available": False, "reason": "no held-out texts"}
+    encode = lambda name: model.family.encode(model.config, model.spec, model.fitted, dataset, name)  # noqa: E731
+    heldout = encode(split)
+    targets = _targets(heldout)
+    if not len(targets):
+        return None, None, {"available": False,
+                            "reason": f"no example of the {split} split has a target token within the model's context"}
+    train = _targets(encode(train_split))
+    return (heldout_perplexity(model, heldout, batch_size),
+            text.unigram_perplexity(train.numpy(), targets.numpy(), model.spec.vocab_size),
+            {"available": True, "split": split, "tokens": len(targets), "train_tokens": len(train),
+             "vocab_size": model.spec.vocab_size})
 
 
 def _score_texts(run: Run, dataset: Dataset, options: EvalOptions) -> Scored:
@@ -318,35 +339,25 @@ def _score_texts(run: Run, dataset: Dataset, options: EvalOptions) -> Scored:
     prompts = None
     if fmt == "prompt_completion":
         pool = [real_prompts[i] for i in order] if real else train_prompts
-        prompts, too_long = _sample_prompts(pool, n, lambda p: len(gpt.prompt_ids(tok, p, fmt)) + budget <= model.spec.block_size)
+        context = model.spec.block_size
+        prompts, too_long = _sample_prompts(pool, n, lambda p: len(gpt.prompt_ids(tok, p, fmt)) + budget <= context)
         per_prompt = np.unique(prompts, return_counts=True)[1]
         sampling |= {"prompts": len(per_prompt), "samples_per_prompt": [int(per_prompt.min()), int(per_prompt.max())],
                      "source": f"held-out prompts ({split})" if real else "train prompts"}
         if not real:
             warnings.append("the samples complete prompts of the train split, which the model has learned")
         if too_long:
-            warnings.append(f"{too_long} distinct prompts are too long for the model's context of {model.spec.block_size} "
+            warnings.append(f"{too_long} distinct prompts are too long for the model's context of {context} "
                             f"tokens with max_tokens {budget}; the samples use the others")
     t0 = time.perf_counter()
-    samples = run.sample(SampleRequest.make(n, options.seed, prompts=prompts, options=options.sample), options.batch_size)
+    request = SampleRequest.make(n, options.seed, prompts=prompts, options=options.sample)
+    samples = run.sample(request, options.batch_size)
     sampling_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    encode = lambda split: model.family.encode(model.config, model.spec, model.fitted, dataset, split)  # noqa: E731
-    ppl = unigram = None
-    perplexity: dict[str, Any] = {"available": False, "reason": "no held-out texts"}
-    if real:
-        heldout = encode(split)
-        targets = _targets(heldout)
-        if len(targets):
-            train = _targets(encode(run.config.data.train_split))
-            ppl = heldout_perplexity(model, heldout, options.batch_size)
-            unigram = text.unigram_perplexity(train.numpy(), targets.numpy(), model.spec.vocab_size)
-            perplexity = {"available": True, "split": split, "texts": len(real), "tokens": len(targets),
-                          "train_tokens": len(train), "vocab_size": model.spec.vocab_size}
-        else:
-            perplexity["reason"] = f"no example of the {split} split has a target token within the model's context"
-            warnings.append(f"perplexity not measured: {perplexity['reason']}")
+    ppl, unigram, perplexity = _perplexities(model, dataset, split, run.config.data.train_split, options.batch_size)
+    if real and ppl is None:
+        warnings.append(f"perplexity not measured: {perplexity['reason']}")
     perplexity_s = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -377,7 +388,8 @@ def _save_samples(eval_dir: Path, scored: Scored) -> None:
     s = scored.samples
     if isinstance(s, ImageSamples):
         labels = np.asarray(s.labels if s.labels is not None else [-1] * len(s), dtype=np.int64)
-        atomic_write_with(eval_dir / "samples.safetensors", lambda p: save_file({"images": s.images, "labels": labels}, p))
+        atomic_write_with(eval_dir / "samples.safetensors",
+                          lambda p: save_file({"images": s.images, "labels": labels}, p))
     else:
         write_texts(s, eval_dir, {})
         write_texts(scored.reference, eval_dir / "reference", {})
@@ -469,12 +481,12 @@ def compare_runs(refs: list[str], options: EvalOptions = EvalOptions(), out: Pat
     table = _compare_table(entries, shared_reference=len(dataset_refs) == 1)
     out = out or home() / "reports" / f"compare-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     warnings = [f"{e.run.id}: {w}" for e in entries for w in e.metrics["warnings"]]
-    atomic_write_json(out / "metrics.json", {"format": COMPARE_FORMAT, "kind": kinds[0], "runs": [e.run.id for e in entries],
-                                             "datasets": sorted(dataset_refs), "options": asdict(options),
-                                             "rows": table, "warnings": warnings})
+    atomic_write_json(out / "metrics.json", {"format": COMPARE_FORMAT, "kind": kinds[0],
+                                             "runs": [e.run.id for e in entries], "datasets": sorted(dataset_refs),
+                                             "options": asdict(options), "rows": table, "warnings": warnings})
     report = out / "report.html"
-    atomic_write_text(report, render_report(entries, open_dataset(next(iter(dataset_refs))) if len(dataset_refs) == 1 else None,
-                                            rows=table))
+    shared = open_dataset(next(iter(dataset_refs))) if len(dataset_refs) == 1 else None
+    atomic_write_text(report, render_report(entries, shared, rows=table))
     return report
 
 

@@ -224,10 +224,13 @@ def _sampling(metrics: dict[str, Any], unit: str) -> str:
     """How the samples were made, in one line: count, prompts, budget, seed, overrides and time."""
     o, s = metrics.get("options", {}), metrics.get("sampling")
     what = f"{o.get('n')} {unit}"
+    if s and s["prompts"]:
+        lo, hi = s["samples_per_prompt"]
+        what += f" from {s['prompts']} {s['source']} ({lo if lo == hi else f'{lo}–{hi}'} each)"
+    elif s:
+        what += f", {s['source']}"
     if s:
-        lo, hi = s.get("samples_per_prompt") or (0, 0)
-        what += (f" from {s['prompts']} {s['source']} ({lo if lo == hi else f'{lo}–{hi}'} each)" if s["prompts"]
-                 else f", {s['source']}") + f", at most {s['max_tokens']} tokens"
+        what += f", at most {s['max_tokens']} tokens"
     overrides = "".join(f", {k} {v}" for k, v in o.get("sample", {}).items())
     return f"{what}, seed {o.get('seed')}{overrides}: {metrics.get('timings', {}).get('sampling_s')} s"
 

@@ -170,8 +170,9 @@ class NgramIndex:
 
 
 def ngram_memorisation(generated: Sequence[str], train: NgramIndex) -> float:
-    """Share of the texts that hold at least one n-gram of the training texts verbatim: each text counts once however much it copies. A text shorter than n tokens cannot
-    hold one and counts as not copied. 0 for no texts."""
+    """Share of the texts that hold at least one n-gram of the training texts verbatim: each text
+    counts once, however much it copies. A text shorter than n tokens cannot hold one and counts as
+    not copied. 0 for no texts."""
     if not generated:
         return 0.0
     return sum(any(g in train.grams for g in ngrams(tokenize(t), train.n)) for t in generated) / len(generated)

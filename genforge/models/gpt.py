@@ -288,9 +288,12 @@ def generate(model: GPT, prompts: list[list[int]], generators: list[torch.Genera
 
 # ----------------------------------------------------------------------------- data
 
-def _texts(dataset, split: str, config: Config) -> tuple[list[str], list[str] | None]:
-    """(texts, None) for packed text; (prompts, completions) for prompt/completion data."""
+def split_texts(dataset, split: str, config: Config) -> tuple[list[str], list[str] | None]:
+    """(texts, None) for packed text; (prompts, completions) for prompt/completion data; a split the
+    dataset does not have is empty."""
     frame = dataset.frame(split)
+    if frame.columns.empty:
+        return [], None if config.format == "text" else []
     if config.format == "text":
         if "text" not in frame:
             raise DataError(f"dataset {dataset.ref} has prompt/completion columns; set model.format: prompt_completion")
@@ -318,7 +321,7 @@ def prompt_ids(tok: TextTokenizer, prompt: str, format: str) -> list[int]:
 def fit(config: Config, dataset) -> tuple[DataSpec, Fitted]:
     if dataset.kind != "text":
         raise DataError(f"the gpt family trains on text datasets; {dataset.ref} holds {dataset.kind} data")
-    a, b = _texts(dataset, "train", config)
+    a, b = split_texts(dataset, "train", config)
     if not a:
         raise DataError(f"dataset {dataset.ref} has no texts in its train split")
     tok = TextTokenizer.train(a + (b or []), config.vocab_size)
@@ -329,7 +332,7 @@ def encode(config: Config, spec: DataSpec, fitted: Fitted, dataset, split: str) 
     if dataset.kind != "text":
         raise DataError(f"the gpt family trains on text datasets; {dataset.ref} holds {dataset.kind} data")
     tok, T = TextTokenizer.from_fitted(fitted), spec.block_size
-    a, b = _texts(dataset, split, config)
+    a, b = split_texts(dataset, split, config)
     if b is None:  # packed: rows of T + 1 tokens overlapping by one
         stream = np.fromiter((i for ids in tok.encode_batch(a) for i in (*ids, tok.eot)), dtype=np.int64)
         rows = max(len(stream) - 1, 0) // T
