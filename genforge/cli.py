@@ -160,16 +160,18 @@ def compare_cmd(
 @_app.command("export")
 def export_cmd(
     run: str = typer.Argument(..., help="a gpt run (id, unique prefix, 'latest', or a run directory) or checkpoint folder"),
-    format_: str = typer.Option("hf", "--format", help="hf: a Hugging Face GPT-2 folder (GPT2LMHeadModel, AutoTokenizer)"),
+    format_: str = typer.Option("hf", "--format", help="hf: a Hugging Face GPT-2 folder (GPT2LMHeadModel, AutoTokenizer); "
+                                "adapter: a LoRA run's adapter alone; merged: a LoRA run with its adapters folded in"),
     out: Path = typer.Option(..., "--out", help="the folder to write (new, or empty)"),
 ) -> None:
     """Export a trained model for another toolkit (EMA weights where kept)."""
+    from genforge import interop
     from genforge.errors import ConfigError
-    from genforge.interop import export_hf
 
-    if format_ != "hf":
-        raise ConfigError(f"--format must be hf, got {format_!r}")
-    console.print(f"exported {run} to {export_hf(run, out)}", highlight=False)
+    writers = {"hf": interop.export_hf, "adapter": interop.export_adapter, "merged": interop.export_merged}
+    if format_ not in writers:
+        raise ConfigError(f"--format must be one of {', '.join(writers)}, got {format_!r}")
+    console.print(f"exported {run} to {writers[format_](run, out)}", highlight=False)
 
 
 @_app.command("import")

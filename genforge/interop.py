@@ -41,7 +41,7 @@ from genforge.config import validate
 from genforge.errors import ModelError
 from genforge.models import DataSpec
 from genforge.models.gpt import GPT, Config, SampleConfig
-from genforge.models.lora import merge_lora
+from genforge.models.lora import LoraConfig, adapter_tensors, apply_lora, merge_lora
 from genforge.runs import load_run
 from genforge.sampling import load_model
 from genforge.tokenizer import COMPLETION, EOT, PAD, PROMPT, TextTokenizer
@@ -117,6 +117,60 @@ def export_hf(run_or_checkpoint: str | Path, out: Path) -> Path:
     if not publish_dir(tmp, out):
         raise ModelError(f"{out} was created by something else during the export; nothing was written to it")
     return out
+
+
+# ----------------------------------------------------------------------------- LoRA adapters
+
+ADAPTER_FORMAT = "genforge-lora/1"
+
+
+def _lora_model(ckpt: Checkpoint):
+    model = load_model(ckpt, device="cpu")  # EMA weights where kept
+    if model.family_name != "gpt" or not model.config.lora:
+        raise ModelError(f"{ckpt.path} has no LoRA adapters (model.lora is not set)")
+    return model
+
+
+def export_adapter(run_or_checkpoint: str | Path, out: Path) -> Path:
+    """The adapter alone: adapter.safetensors (the `*.lora_*` tensors, a few MB where the model is
+    hundreds) and adapter.json (rank, alpha, targets, and the base it was trained on)."""
+    ckpt = _checkpoint(run_or_checkpoint)
+    model = _lora_model(ckpt)
+    tensors = {k: v.contiguous() for k, v in adapter_tensors(model.modules["model"].state_dict()).items()}
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_with(out / "adapter.safetensors", lambda p: save_file(tensors, p))
+    atomic_write_json(out / "adapter.json", {"format": ADAPTER_FORMAT, "lora": model.config.lora.model_dump(),
+                                             "checkpoint": str(ckpt.path), "base": ckpt.model_info().get("init_from")})
+    return out
+
+
+def load_adapter(model: GPT, folder: Path) -> GPT:
+    """Put an exported adapter on a base model (the one it was trained from): `model` gains the
+    adapted layers and their weights."""
+    info = json.loads((Path(folder) / "adapter.json").read_text(encoding="utf-8"))
+    if info.get("format") != ADAPTER_FORMAT:
+        raise ModelError(f"{folder}/adapter.json has format {info.get('format')!r}, expected {ADAPTER_FORMAT!r}")
+    apply_lora(model, validate(LoraConfig, info["lora"], source=str(folder / "adapter.json")))
+    tensors = load_tensors(Path(folder) / "adapter.safetensors")
+    missing, unexpected = model.load_state_dict(tensors, strict=False)
+    if unexpected or any(".lora_" in k for k in missing):
+        raise ModelError(f"{folder} does not fit this model: unexpected {unexpected[:3]}, missing "
+                         f"{[k for k in missing if '.lora_' in k][:3]}")
+    return model
+
+
+def export_merged(run_or_checkpoint: str | Path, out: Path) -> Path:
+    """A checkpoint folder with every adapter folded into its weight (model.lora unset): the same
+    outputs, the plain model's speed, and loadable, servable and exportable as any gpt checkpoint."""
+    ckpt = _checkpoint(run_or_checkpoint)
+    model = _lora_model(ckpt)
+    merge_lora(model.modules["model"])
+    info = ckpt.model_info()
+    info = {k: v for k, v in info.items() if k not in ("format", "fitted")}
+    info["model"] = {**info["model"], "lora": None}
+    info["merged_from"] = str(ckpt.path)
+    return save_model_folder(Path(out), modules=model.modules, model_info=info, fitted=model.fitted)
 
 
 # ----------------------------------------------------------------------------- import

@@ -25,7 +25,7 @@ import genforge
 from genforge import cli
 from genforge.checkpoint import open_checkpoint, save_model_folder
 from genforge.errors import ModelError
-from genforge.interop import export_hf, import_hf
+from genforge.interop import export_adapter, export_hf, export_merged, import_hf, load_adapter
 from genforge.models import SampleRequest
 from genforge.sampling import load_model
 from genforge.tokenizer import COMPLETION, EOT, PAD, PROMPT, TextTokenizer
@@ -152,6 +152,31 @@ def test_an_exported_run_loads_in_transformers_with_our_logits_and_token_ids(tmp
     assert (_hf_logits(out, ids) - _our_logits(ckpt.path, ids)).abs().max().item() < 1e-4
 
 
+def test_a_lora_fine_tune_exports_its_adapter_alone_and_merged(tmp_path):
+    """Pretrain, fine-tune with LoRA from it, then: base + exported adapter == the LoRA run ==
+    the merged folder, in logits; the adapter file holds the adapters only."""
+    write_texts("corpus", corpus()[0], val=24)
+    base = genforge.train(tiny_config("gpt", name="base", ema=0))
+    config = tiny_config("gpt", name="lora", ema=0, lr=1e-2, steps=4, init_from=base.id)
+    tuned = genforge.train({**config, "model": {**config["model"], "lora": {"rank": 2, "targets": ["c_attn", "c_fc"]}}})
+    adapter = export_adapter(tuned.id, tmp_path / "adapter")
+    names = set(load_file(str(adapter / "adapter.safetensors")))
+    assert names and all(".lora_" in k for k in names) and len(names) == 2 * 2 * 2  # layers x targets x (A, B)
+
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with torch.inference_mode():
+        want = tuned.model().modules["model"](ids)
+        on_base = load_adapter(load_model(base.checkpoint().path).modules["model"], adapter)(ids)
+        merged_folder = export_merged(tuned.id, tmp_path / "merged")
+        merged = load_model(merged_folder)
+        assert merged.config.lora is None
+        plain = load_model(base.checkpoint().path).modules["model"](ids)
+        assert (on_base - want).abs().max() < 1e-5 and (merged.modules["model"](ids) - want).abs().max() < 1e-4
+        assert (plain - want).abs().max() > 1e-3  # the adapter changed the model
+    with pytest.raises(ModelError, match="has no LoRA adapters"):
+        export_adapter(base.id, tmp_path / "none")
+
+
 def test_the_cli_imports_then_exports_back_to_an_equal_model(hf_dir, tmp_path, monkeypatch, capsys):
     def cli_run(*args: str) -> int:
         monkeypatch.setattr(sys, "argv", ["genforge", *args])
@@ -165,7 +190,7 @@ def test_the_cli_imports_then_exports_back_to_an_equal_model(hf_dir, tmp_path, m
     assert cli_run("import", str(hf_dir), "--name", "tiny-gpt2") == 1
     assert "already exists" in capsys.readouterr().err
     assert cli_run("export", str(folder), "--format", "onnx", "--out", str(tmp_path / "x")) == 1
-    assert "--format must be hf, got 'onnx'" in capsys.readouterr().err
+    assert "--format must be one of hf, adapter, merged, got 'onnx'" in capsys.readouterr().err
     assert cli_run("export", str(folder), "--format", "hf", "--out", str(tmp_path / "back")) == 0
 
     ids = AutoTokenizer.from_pretrained(hf_dir).encode(MIXED)[:64]
