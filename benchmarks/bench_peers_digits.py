@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/bench_peers_digits.py --quick                  # a smoke run of every code path (minutes)
 
 The peers, each trained for the same wall-clock minutes on the same cores (`--minutes`, `--threads`):
-- `diffusers-ddpm`: Hugging Face `UNet2DModel` with the layout of genforge's quickstart UNet (same widths,
+- `diffusers-ddpm`: Hugging Face `UNet2DModel` with the layout of genforge's diffusion-digits UNet (same widths,
   blocks, attention, groups, head size: an equal parameter count), class-conditional with 10 class
   embeddings (no "no label" class, so no guidance), at 28x28 directly (3 levels = 2 downsamplings,
   28 -> 14 -> 7, as genforge does; no padding). Trained the way diffusers' `train_unconditional.py`
@@ -77,8 +77,8 @@ except Exception as e:  # it imports much of genforge's training code; while tha
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results" / "peers_digits.md"
 OUT = ROOT / "out" / "peers_digits"
-QUICKSTART = ROOT.parent / "configs" / "quickstart.yaml"
-GENFORGE_UNET_PARAMS = 2_736_353  # measured: quickstart UNet, 1 channel, 10 classes (used if it cannot be built)
+QUICKSTART = ROOT.parent / "configs" / "diffusion-digits.yaml"  # the UNet the diffusers peer matches
+GENFORGE_UNET_PARAMS = 2_736_353  # measured: diffusion-digits UNet, 1 channel, 10 classes (used if it cannot be built)
 CLASSES = 10
 PEERS_OF = {"diffusion": ("diffusers-ddpm",), "gan": ("dcgan",), "vae": ("diffusers-ddpm", "dcgan")}
 TARGET = 2.0  # each genforge family at least this many times closer to the real row in FD than its peer
@@ -118,20 +118,20 @@ def n_params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def quickstart_config() -> gd.Config:
+def diffusion_config() -> gd.Config:
     return gd.Config(**read_yaml(QUICKSTART)["model"])
 
 
 def genforge_unet_params() -> tuple[int, str]:
-    """Parameters of genforge's quickstart UNet at 28x28x1 with 10 classes: the size the peer must match."""
+    """Parameters of genforge's diffusion-digits UNet at 28x28x1 with 10 classes: the size the peer must match."""
     try:
-        return n_params(gd.UNet(quickstart_config(), 1, CLASSES)), "built from configs/quickstart.yaml"
+        return n_params(gd.UNet(diffusion_config(), 1, CLASSES)), "built from configs/diffusion-digits.yaml"
     except Exception as e:  # the UNet's signature may move while others work on it
         return GENFORGE_UNET_PARAMS, f"hard-coded (building it failed: {type(e).__name__}: {e})"
 
 
 def ddpm_unet(cfg: gd.Config) -> UNet2DModel:
-    """UNet2DModel with the quickstart UNet's layout (as bench_diffusion maps it), 28x28x1, 10 class embeddings.
+    """UNet2DModel with the diffusion-digits UNet's layout (as bench_diffusion maps it), 28x28x1, 10 class embeddings.
 
     28 pixels need no padding: 3 levels downsample twice (28 -> 14 -> 7), as genforge's UNet does.
     genforge keeps an 11th "no label" embedding for guidance; the peer has none (one row of 128 fewer).
@@ -152,7 +152,7 @@ class DDPMPeer:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, args: argparse.Namespace):
         torch.manual_seed(args.seed)
-        self.unet = ddpm_unet(quickstart_config())
+        self.unet = ddpm_unet(diffusion_config())
         self.params = n_params(self.unet)
         self.scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", prediction_type="epsilon")
         self.opt = torch.optim.AdamW(self.unet.parameters(), lr=args.ddpm_lr, betas=(0.95, 0.999),
@@ -479,7 +479,7 @@ def section(results: dict[str, Any], tables: tuple[str, str], notes: list[str]) 
              f"{' '.join(f'{x:.2f}' for x in results['load_avg_after'])}",
              f"- torch {m['versions']['torch']}, diffusers {m['versions']['diffusers']}, genforge "
              f"{m['versions']['genforge']} (commit {m['git_commit']}); dataset {results['dataset']}",
-             f"- parameters: genforge quickstart UNet {results['params']['genforge_unet']:,} ({results['params']['genforge_unet_source']}), "
+             f"- parameters: genforge diffusion-digits UNet {results['params']['genforge_unet']:,} ({results['params']['genforge_unet_source']}), "
              f"diffusers UNet2DModel {results['params']['diffusers-ddpm']:,}, DCGAN G {results['params']['dcgan']:,} "
              f"(+ D {results['params']['dcgan_d']:,})",
              f"- sampling: diffusers DDIM-{a['ddim_steps']} batch {a['sample_batch']}, no guidance; DCGAN batches of 64",

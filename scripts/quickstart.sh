@@ -8,5 +8,5 @@ gf=.venv/bin/genforge
 $gf data ingest builtin:digits --name digits
 $gf train configs/quickstart.yaml
 $gf generate latest --n 100 --seed 0
-$gf evaluate latest --n 100
+$gf evaluate latest --n 1000
 echo "workspace: $GENFORGE_HOME  (runs/<run-id>/samples: the grid, one row per digit; runs/<run-id>/eval/report.html: the report)"

@@ -101,6 +101,24 @@ def test_unigram_perplexity_known_value():
     assert text.unigram_perplexity(np.arange(5), np.array([1, 3]), 5) == pytest.approx(5.0)
 
 
+def test_label_judge_on_hand_made_reviews():
+    pos = ["质量很好，非常满意", "很好用，推荐购买", "物流快，包装好，满意", "great value, very happy", "好评，还会再买"]
+    neg = ["质量太差，很失望", "不好用，退货了", "物流慢，包装破了，差评", "terrible, very disappointed", "差评，不会再买"]
+    judge = text.LabelJudge.fit(pos + neg, [1] * 5 + [0] * 5)
+    assert judge.train_texts == 10
+    # character n-grams: unseen sentences in both scripts, judged by the n-grams they share with each class
+    judged = judge.predict(["非常满意，推荐", "很失望，差评", "VERY HAPPY", "disappointed"])
+    assert judged.tolist() == [1, 0, 1, 0]
+    assert text.label_agreement(judged, np.array([1, 1, 1, 1])) == 0.5  # a sample asked positive but judged negative
+    # capped: a seeded sample of the training texts, the same one for the same seed
+    small = text.LabelJudge.fit(pos + neg, [1] * 5 + [0] * 5, seed=3, max_texts=6)
+    again = text.LabelJudge.fit(pos + neg, [1] * 5 + [0] * 5, seed=3, max_texts=6)
+    assert small.train_texts == 6 and small.model[0].vocabulary_ == again.model[0].vocabulary_
+    assert text.majority_share(np.array([0, 1, 1, 2])) == 0.5 and text.majority_share(np.array([0, 1])) == 0.5
+    with pytest.raises(ValueError, match="as many judged as asked"):
+        text.label_agreement(np.array([0, 1]), np.array([0]))
+
+
 def test_sample_prompts_takes_enough_samples_per_prompt_and_skips_long_ones():
     pool = ["a", "b", "a", "c", "d", "e"]
     prompts, too_long = pipeline._sample_prompts(pool, 10, lambda p: True)
@@ -114,6 +132,7 @@ def test_sample_prompts_takes_enough_samples_per_prompt_and_skips_long_ones():
 # ----------------------------------------------------------------------------- evaluate and compare end to end
 
 BUDGET = ["--set", "sample.max_tokens=40"]  # long enough for 8-gram copies; the tiny config samples 6 tokens
+LABEL_PROMPTS = {"positive": "写一条好评：", "negative": "写一条差评："}
 
 
 def invoke(*args: str):
@@ -126,18 +145,25 @@ def invoke(*args: str):
 
 @pytest.fixture(scope="module")
 def text_runs(tmp_path_factory):
-    """Two tiny GPT runs on the real reviews + news corpus (24 held-out texts) and one on the same
-    texts as prompt/completion pairs, in a workspace shared by this module's tests."""
+    """Two tiny GPT runs on the real reviews + news corpus (24 held-out texts), one on the same texts as
+    prompt/completion pairs, and one fine-tuned to write the review its class's prompt asks for (400
+    real reviews labeled positive/negative, 100 held out: enough for the label judge to work), in a
+    workspace shared by this module's tests."""
     home = tmp_path_factory.mktemp("ws")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("GENFORGE_HOME", str(home))
         texts, _ = corpus()
         write_texts("corpus", texts, val=24)
         write_texts("pairs", [t[12:] for t in texts], val=24, prompts=[t[:12] for t in texts])
+        zh, labels = corpus(n_zh=400, n_en=0)
+        write_texts("reviews", zh, val=100, labels=labels)
         runs = {"a": genforge.train(tiny_config("gpt", name="gpt-a", steps=16)),
                 "b": genforge.train(tiny_config("gpt", name="gpt-b", steps=8)),
                 "pairs": genforge.train({**tiny_config("gpt", name="gpt-pairs", dataset="pairs"),
-                                         "model": {**tiny_config("gpt")["model"], "format": "prompt_completion"}})}
+                                         "model": {**tiny_config("gpt")["model"], "format": "prompt_completion"}}),
+                "labeled": genforge.train({**tiny_config("gpt", name="gpt-labeled", dataset="reviews"),
+                                           "model": {**tiny_config("gpt")["model"], "block_size": 128,
+                                                     "format": "prompt_completion", "label_prompts": LABEL_PROMPTS}})}
     return home, {k: r.path for k, r in runs.items()}
 
 
@@ -168,6 +194,8 @@ def test_evaluate_a_text_run_end_to_end(ws):
     assert info["available"] and info["split"] == "val" and info["tokens"] > 24 and info["vocab_size"] == 300
     assert metrics["sampling"] == {"max_tokens": 40, "prompts": None, "source": "new documents"}
     assert metrics["text_tokens"] == text.TOKENS and metrics["warnings"] == []
+    assert "label_agreement" not in metrics  # absent, not 0: the run has no label prompts
+    assert not any("label_agreement" in r for r in metrics["rows"])
     assert {"sampling_s", "perplexity_s", "metrics_s", "total_s"} <= set(metrics["timings"])
     saved = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(saved) == 24 and all(r["prompt"] == "" for r in saved)
@@ -198,7 +226,45 @@ def test_prompt_completion_runs_sample_several_completions_per_held_out_prompt(w
     assert {r["prompt"] for r in samples} <= {r["prompt"] for r in real}  # held-out prompts, with their real completions
     html = (run / "eval" / "report.html").read_text(encoding="utf-8")
     assert "6 held-out prompts (val) (4 each)" in html and "real held-out completion" in html
+    assert "label_agreement" not in metrics and "Label agreement" not in html  # prompts of the data, not of classes
     assert str(markupsafe.escape(samples[0]["prompt"])) in html
+
+
+def test_label_prompt_runs_are_asked_for_every_class_and_judged(ws, tmp_path):
+    run = ws["labeled"]
+    invoke("evaluate", str(run), "--set", "sample.max_tokens=100")  # about 40 Chinese characters of byte-level BPE
+    metrics = json.loads((run / "eval" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["options"]["n"] == 100 and metrics["warnings"] == []
+    assert metrics["sampling"] == {"max_tokens": 100, "prompts": 2, "samples_per_prompt": [50, 50],
+                                   "source": "class prompts (model.label_prompts)"}
+    info = metrics["label_agreement"]
+    assert info["available"] and info["classes"] == ["negative", "positive"] and info["method"] == text.JUDGE
+    assert info["train_split"] == "train" and info["train_texts"] == info["texts_in_split"] == 300
+    assert info["max_train_texts"] == text.JUDGE_MAX_TEXTS and "judge_s" in metrics["timings"]
+    # every class asked for in turn, each sample with its class's prompt
+    samples = [json.loads(line) for line in (run / "eval" / "samples.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert info["asked"] == [i % 2 for i in range(100)]
+    assert [r["prompt"] for r in samples] == [LABEL_PROMPTS[info["classes"][c]] for c in info["asked"]]
+
+    ref, sampled, baseline = metrics["rows"]
+    assert 0 <= sampled["label_agreement"] <= 1 and "label_agreement" not in baseline
+    assert info["chance"]["samples"] == 0.5 and 0.5 <= info["chance"]["reference"] < 0.7
+    # the judge works: on 100 real held-out reviews, cut like the samples, well above the majority class's share
+    assert info["chance"]["reference"] + 0.15 <= ref["label_agreement"] <= 1
+    html = (run / "eval" / "report.html").read_text(encoding="utf-8")
+    for shown in ("Label agreement", "2 class prompts (model.label_prompts) (50 each)", "character 1- to 3-grams",
+                  "300 texts of the train split", "0.500 for the samples", LABEL_PROMPTS["positive"], "label judge"):
+        assert shown in html, shown
+    console = Console(width=250, record=True)
+    console.print(metrics_table(metrics["rows"]))
+    assert "Label agreement ↑" in console.export_text()
+
+    out = tmp_path / "cmp"  # compare shows it in the labeled run's rows, and for that run says how it was made
+    invoke("compare", str(run), str(ws["a"]), "--out", str(out), "--n", "12")
+    table = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert [r.get("label_agreement") is not None for r in table["rows"]] == [True, True, False, False, False, False]
+    html = (out / "report.html").read_text(encoding="utf-8")
+    assert "Label agreement" in html and f"<b>{run.name}</b>: Label agreement" in html
 
 
 def test_compare_text_runs_in_one_table(ws, tmp_path):

@@ -12,7 +12,11 @@ A text run's table has three rows: the run (its samples' figures, and its perple
 held-out split, computed by the family's own `encode` and `val_loss`, so packed documents and
 prompt/completion data are both scored on exactly the tokens the model learns), the real held-out
 texts scored like the samples (the reference; perplexity does not apply), and a unigram model of the
-train split's tokens (the baseline perplexity any language model must beat).
+train split's tokens (the baseline perplexity any language model must beat). A run trained with
+`model.label_prompts` (a labeled dataset, each class's prompt asking for a text of that class) is
+asked for every class evenly, and its label agreement is measured: the share of samples that a
+classifier fit on the train split's texts and labels (`text.LabelJudge`) assigns to the class asked
+for; on the reference row, that classifier's accuracy on the real held-out texts.
 """
 
 from __future__ import annotations
@@ -94,21 +98,27 @@ class ImageReference:
 
 @dataclass
 class TextReference:
-    """A dataset's train texts as an n-gram index: what every set of texts is scored against."""
+    """A dataset's train texts as an n-gram index, and for labeled data the judge of their classes:
+    what every set of texts is scored against."""
 
     train_ngrams: text.NgramIndex
+    judge: text.LabelJudge | None = None  # None: label agreement is not measured
 
     @classmethod
-    def for_texts(cls, train_texts: Sequence[str]) -> "TextReference":
-        return cls(text.NgramIndex.of(train_texts))
+    def for_texts(cls, train_texts: Sequence[str], judge: text.LabelJudge | None = None) -> "TextReference":
+        return cls(text.NgramIndex.of(train_texts), judge)
 
-    def score(self, texts: Sequence[str], seed: int = 0) -> dict[str, Any]:
-        """Every figure of one set of texts (self-BLEU None for fewer than 2), in the tokens of `text.tokenize`."""
+    def score(self, texts: Sequence[str], seed: int = 0, asked: np.ndarray | None = None) -> dict[str, Any]:
+        """Every figure of one set of texts (self-BLEU None for fewer than 2), in the tokens of `text.tokenize`;
+        label agreement too when there is a judge and `asked`, the class each text was asked for (or is)."""
         lengths = text.length_stats(texts)
-        return {"n": len(texts), "distinct_1": text.distinct_n(texts, 1), "distinct_2": text.distinct_n(texts, 2),
-                "self_bleu": text.self_bleu(texts, seed=seed) if len(texts) >= 2 else None,
-                "repetition": text.repetition_rate(texts), **{f"length_{k}": v for k, v in lengths.items()},
-                "ngram_memorisation": text.ngram_memorisation(texts, self.train_ngrams)}
+        row = {"n": len(texts), "distinct_1": text.distinct_n(texts, 1), "distinct_2": text.distinct_n(texts, 2),
+               "self_bleu": text.self_bleu(texts, seed=seed) if len(texts) >= 2 else None,
+               "repetition": text.repetition_rate(texts), **{f"length_{k}": v for k, v in lengths.items()},
+               "ngram_memorisation": text.ngram_memorisation(texts, self.train_ngrams)}
+        if self.judge is not None and asked is not None:
+            row["label_agreement"] = text.label_agreement(self.judge.predict(texts), asked)
+        return row
 
 
 @dataclass(frozen=True)
@@ -262,6 +272,48 @@ def _heldout_texts(run: Run, dataset: Dataset) -> tuple[str, list[str] | None, l
     return "", None, []
 
 
+def _class_prompts(run: Run, dataset: Dataset) -> list[str] | None:
+    """Each class's prompt, in the dataset's class order, when the run learned to write a text of the
+    class a prompt names (`model.label_prompts` on a labeled text dataset, read as `gpt.split_texts`
+    reads it); None otherwise, and then label agreement is not measured."""
+    by_class = getattr(run.config.model, "label_prompts", None)
+    if by_class is None or "completion" in dataset.frame(run.config.data.train_split).columns:
+        return None  # prompt/completion columns win over label_prompts
+    return [by_class[c] for c in dataset.classes]
+
+
+def _labels(dataset: Dataset, split: str) -> np.ndarray:
+    """The class index of each text of a split, in `_split_texts` order."""
+    return dataset.frame(split)["label"].to_numpy(np.int64)
+
+
+def _ask_every_class(class_prompts: list[str], n: int,
+                     fits: Callable[[str], bool]) -> tuple[tuple[str, ...], np.ndarray]:
+    """The prompt of each of n samples and the class it asks for: sample i asks for class i mod k, so
+    every class is asked for evenly (as for image runs) and weighs alike in label agreement."""
+    too_long = [i for i, p in enumerate(class_prompts) if not fits(p)]
+    if too_long:
+        raise ModelError(f"the prompts of classes {too_long} do not fit the model's context with the sampling "
+                         "budget; lower sample.max_tokens (--set sample.max_tokens=N)")
+    asked = np.arange(n) % len(class_prompts)
+    return tuple(class_prompts[c] for c in asked), asked
+
+
+def _label_judge(dataset: Dataset, split: str, texts: list[str],
+                 seed: int) -> tuple[text.LabelJudge | None, dict[str, Any]]:
+    """The judge of label agreement, fit on the train split's texts and classes, and what metrics.json
+    says of it; no judge when the split holds fewer than 2 classes (nothing to tell apart)."""
+    labels = _labels(dataset, split)
+    present = len(np.unique(labels))
+    if present < 2:
+        return None, {"available": False, "reason": f"the {split} split holds texts of {present} class, so no "
+                      "classifier can be fit to judge the samples' classes"}
+    judge = text.LabelJudge.fit(texts, labels, seed)
+    return judge, {"available": True, "method": text.JUDGE, "classes": list(dataset.classes), "train_split": split,
+                   "train_texts": judge.train_texts, "texts_in_split": len(texts),
+                   "max_train_texts": text.JUDGE_MAX_TEXTS}
+
+
 def _sample_prompts(pool: Sequence[str], n: int, fits: Callable[[str], bool]) -> tuple[tuple[str, ...], int]:
     """The prompt of each of n samples, and how many distinct prompts were too long to use.
 
@@ -319,7 +371,8 @@ def _perplexities(model: Model, dataset: Dataset, split: str, train_split: str,
 
 def _score_texts(run: Run, dataset: Dataset, options: EvalOptions) -> Scored:
     """Perplexity on the whole held-out split beside a unigram baseline's, and the sample figures
-    beside those of as many real held-out texts, cut to the samples' token budget."""
+    beside those of as many real held-out texts, cut to the samples' token budget; label agreement
+    too for a run trained with label prompts."""
     if options.fid:
         raise ConfigError("standard FID is an image figure; evaluate a text run without --fid")
     model = run.model()
@@ -336,19 +389,24 @@ def _score_texts(run: Run, dataset: Dataset, options: EvalOptions) -> Scored:
                         "change with a set's size, so read them with care")
 
     sampling: dict[str, Any] = {"max_tokens": budget, "prompts": None, "source": "new documents"}
-    prompts = None
+    prompts, asked, class_prompts = None, None, _class_prompts(run, dataset)
     if fmt == "prompt_completion":
-        pool = [real_prompts[i] for i in order] if real else train_prompts
         context = model.spec.block_size
-        prompts, too_long = _sample_prompts(pool, n, lambda p: len(gpt.prompt_ids(tok, p, fmt)) + budget <= context)
+        fits = lambda p: len(gpt.prompt_ids(tok, p, fmt)) + budget <= context  # noqa: E731
+        if class_prompts is not None:
+            prompts, asked = _ask_every_class(class_prompts, n, fits)
+            source = "class prompts (model.label_prompts)"
+        else:
+            prompts, too_long = _sample_prompts([real_prompts[i] for i in order] if real else train_prompts, n, fits)
+            source = f"held-out prompts ({split})" if real else "train prompts"
+            if not real:
+                warnings.append("the samples complete prompts of the train split, which the model has learned")
+            if too_long:
+                warnings.append(f"{too_long} distinct prompts are too long for the model's context of {context} "
+                                f"tokens with max_tokens {budget}; the samples use the others")
         per_prompt = np.unique(prompts, return_counts=True)[1]
         sampling |= {"prompts": len(per_prompt), "samples_per_prompt": [int(per_prompt.min()), int(per_prompt.max())],
-                     "source": f"held-out prompts ({split})" if real else "train prompts"}
-        if not real:
-            warnings.append("the samples complete prompts of the train split, which the model has learned")
-        if too_long:
-            warnings.append(f"{too_long} distinct prompts are too long for the model's context of {context} "
-                            f"tokens with max_tokens {budget}; the samples use the others")
+                     "source": source}
     t0 = time.perf_counter()
     request = SampleRequest.make(n, options.seed, prompts=prompts, options=options.sample)
     samples = run.sample(request, options.batch_size)
@@ -360,24 +418,38 @@ def _score_texts(run: Run, dataset: Dataset, options: EvalOptions) -> Scored:
         warnings.append(f"perplexity not measured: {perplexity['reason']}")
     perplexity_s = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
+    sections: dict[str, Any] = {"sampling": sampling, "perplexity": perplexity, "text_tokens": text.TOKENS}
+    timings = {"sampling_s": round(sampling_s, 2), "perplexity_s": round(perplexity_s, 2)}
     keep = order[:n]
+    judge, real_asked = None, None
+    if class_prompts is not None:
+        t0 = time.perf_counter()
+        judge, info = _label_judge(dataset, run.config.data.train_split, train_texts, options.seed)
+        if judge is None:
+            warnings.append(f"label agreement not measured: {info['reason']}")
+        else:  # chance: each row's figure for a judge that always names the row's commonest class
+            real_asked = _labels(dataset, split)[keep] if real else None
+            chance = {"samples": text.majority_share(asked)}
+            if real:
+                chance["reference"] = text.majority_share(real_asked)
+            info |= {"chance": chance, "asked": asked.tolist()}  # sample i asked for classes[asked[i]]
+        sections["label_agreement"] = info
+        timings["judge_s"] = round(time.perf_counter() - t0, 2)
+
+    t0 = time.perf_counter()
     reference = TextSamples([tok.decode(tok.encode(real[i])[:budget]) for i in keep],
                             None if real_prompts is None else [real_prompts[i] for i in keep])
-    scorer = TextReference.for_texts(train_texts)
+    scorer = TextReference.for_texts(train_texts, judge)
     rows = []
     if real:
         rows.append({"name": f"real held-out ({split})", "kind": "reference", "perplexity": None,
-                     **scorer.score(reference.texts, options.seed)})
+                     **scorer.score(reference.texts, options.seed, real_asked)})
     rows.append({"name": run.id, "kind": "samples", "perplexity": ppl,
-                 **scorer.score(samples.texts, options.seed)})
+                 **scorer.score(samples.texts, options.seed, asked)})
     if unigram is not None:
         rows.append({"name": "unigram baseline", "kind": "baseline", "n": None, "perplexity": unigram})
-    metrics_s = time.perf_counter() - t0
-    return Scored(n, rows, {"sampling": sampling, "perplexity": perplexity, "text_tokens": text.TOKENS}, warnings,
-                  {"sampling_s": round(sampling_s, 2), "perplexity_s": round(perplexity_s, 2),
-                   "metrics_s": round(metrics_s, 2)},
-                  samples, reference)
+    timings["metrics_s"] = round(time.perf_counter() - t0, 2)
+    return Scored(n, rows, sections, warnings, timings, samples, reference)
 
 
 SCORERS: dict[str, Callable[[Run, Dataset, EvalOptions], Scored]] = {"image": _score_images, "text": _score_texts}
@@ -466,13 +538,15 @@ def compare_runs(refs: list[str], options: EvalOptions = EvalOptions(), out: Pat
     if options.n is None:
         options = replace(options, n=min(_default_n(_heldout_count(r, d), d.kind) for r, d in zip(runs, datasets)))
     entries = []
-    for run in runs:
+    for run, dataset in zip(runs, datasets):
         path = run.path / "eval" / "metrics.json"
         metrics = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
         if (metrics is None or metrics.get("format") != FORMAT
                 or evaluation_key(metrics["checkpoint"], metrics["options"])
                 != evaluation_key(run.checkpoint().path.name, asdict(options))
-                or (options.fid and not metrics.get("standard_fid", {}).get("available"))):  # FID asked for, not measured then
+                or (options.fid and not metrics.get("standard_fid", {}).get("available"))  # FID asked for, not measured then
+                or (dataset.kind == "text" and "label_agreement" not in metrics
+                    and _class_prompts(run, dataset) is not None)):  # evaluated before label agreement was measured
             evaluate_run(str(run.path), options)
             metrics = json.loads(path.read_text(encoding="utf-8"))
         entries.append(ReportEntry(run, metrics, *_saved_samples(run, kinds[0])))

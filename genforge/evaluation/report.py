@@ -31,8 +31,8 @@ PAD = 2         # grid padding in pixels, as `image_grid` draws it
 SHOWN_PROMPTS, SHOWN_PER_PROMPT = 4, 3  # texts shown per run: the first prompts, a few samples each
 SHOWN_DOCUMENTS, SHOWN_REAL = 6, 3  # unprompted samples shown, and real held-out texts beside them
 UNITS = {"image": ("images", "images/s"), "text": ("texts", "tokens/s")}  # what n counts, training speed
-TIMINGS = {"evaluator_s": "evaluator", "perplexity_s": "perplexity", "metrics_s": "metrics", "fid_s": "FID",
-           "total_s": "total"}
+TIMINGS = {"evaluator_s": "evaluator", "perplexity_s": "perplexity", "judge_s": "label judge", "metrics_s": "metrics",
+           "fid_s": "FID", "total_s": "total"}
 
 
 @dataclass(frozen=True)
@@ -90,6 +90,10 @@ TEXT_METRICS = (
     Metric("ngram_memorisation", f"Memorisation ({MEMORISED_NGRAM}-gram)", "lower", 3, f"Share of texts that copy "
            f"{MEMORISED_NGRAM} or more tokens in a row from a training text. The real row shows how much unseen texts "
            "share with the training texts anyway."),
+    Metric("label_agreement", "Label agreement", "higher", 3, "Runs trained with label prompts: share of completions "
+           "that a classifier fit on the labeled train texts assigns to the class their prompt asked for. On the "
+           "reference row: the classifier's accuracy on real held-out texts, the ceiling. Chance level and method: "
+           "see how the text figures are made."),
 )
 METRICS = IMAGE_METRICS + TEXT_METRICS
 
@@ -257,7 +261,7 @@ def render_report(entries: list[ReportEntry], dataset: Dataset | None, rows: lis
             "config": yaml.safe_dump(e.run.config.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
             "training": e.metrics.get("training", {}), "speed_unit": speed,
             "sampling": _sampling(e.metrics, unit), "evaluation_time": _evaluation_time(e.metrics.get("timings", {})),
-            "perplexity": e.metrics.get("perplexity"),
+            "perplexity": e.metrics.get("perplexity"), "label_agreement": e.metrics.get("label_agreement"),
         })
     card = None
     if dataset is not None:

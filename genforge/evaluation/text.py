@@ -8,6 +8,9 @@ are one word. The figures thus mean the same for English, Chinese and text mixin
 no trained tokenizer. Not handled: Thai, Lao, Khmer and Burmese, also written without spaces,
 count a whole run as one word.
 
+Label agreement (`LabelJudge`) reads texts differently: a classifier of character n-grams, which
+likewise needs no word segmentation, judges which class of a labeled dataset a text belongs to.
+
 References: distinct-n, Li et al. 2016 (NAACL, "A Diversity-Promoting Objective Function for Neural
 Conversation Models"); self-BLEU, Zhu et al. 2018 (Texygen); repetition, Welleck et al.
 2019 (seq-rep-n).
@@ -23,6 +26,9 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 import numpy as np
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline, make_pipeline
 
 # Han (with 々 and 〇, the CJK extensions A to H and the compatibility ideographs) and kana
 _CHARS = ("\u3005\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
@@ -30,6 +36,11 @@ _CHARS = ("\u3005\u3007\u3040-\u30ff\u31f0-\u31ff\u3400-\u4dbf\u4e00-\u9fff\uf90
 _WORD = rf"[^\W{_CHARS}]+"
 _TOKEN = re.compile(rf"[{_CHARS}]|{_WORD}(?:['’\-]{_WORD})*|[^\w\s]")
 MEMORISED_NGRAM = 8  # tokens in a row a text must share with a training text to count as copied
+JUDGE_MAX_TEXTS = 20_000  # the label judge's training texts at most (a seeded sample beyond): its fit stays seconds
+JUDGE_FEATURES = 100_000  # n-grams kept, the most frequent: all 590,000 of 12,000 reviews scored 84.6% against 85.0%
+JUDGE = (f"TF-IDF of character 1- to 3-grams (NFKC-normalised, lower-cased, sublinear term frequency; the "
+         f"{JUDGE_FEATURES:,} most frequent), then logistic regression (L2, C=1, lbfgs, at most 1,000 iterations, "
+         "classes weighted by inverse frequency)")
 TOKENS = ("each Chinese or Japanese character, each word of other scripts and each punctuation mark or symbol is "
           "one token (after NFKC normalisation and lower-casing)")
 
@@ -184,3 +195,54 @@ def unigram_perplexity(train_ids: np.ndarray, heldout_ids: np.ndarray, vocab_siz
     the floor any language model must beat."""
     counts = np.bincount(np.asarray(train_ids, dtype=np.int64), minlength=vocab_size) + 1.0
     return perplexity([np.log(counts[np.asarray(heldout_ids, dtype=np.int64)] / counts.sum())])
+
+
+def _normalise(text: str) -> str:
+    """What the judge reads: the same NFKC and lower-casing as `tokenize`."""
+    return unicodedata.normalize("NFKC", text).lower()
+
+
+@dataclass(frozen=True)
+class LabelJudge:
+    """A classifier fit on a labeled train split (settings in `JUDGE`), which judges the class of a text.
+
+    Character 1- to 3-grams read Chinese, which has no spaces, as well as English, with no word
+    segmenter to install. Classes are weighted by inverse frequency, so the judge does not lean to
+    the majority class when it judges samples that ask for every class evenly.
+    """
+
+    model: Pipeline
+    train_texts: int  # how many texts it was fit on, at most JUDGE_MAX_TEXTS
+
+    @classmethod
+    def fit(cls, texts: Sequence[str], labels: Sequence[int], seed: int = 0,
+            max_texts: int = JUDGE_MAX_TEXTS) -> "LabelJudge":
+        """Fit on `texts` and their class indices (at least 2 classes); beyond `max_texts`, on a seeded sample."""
+        labels = np.asarray(labels)
+        if len(texts) != len(labels):
+            raise ValueError(f"one label per text: {len(texts)} texts, {len(labels)} labels")
+        keep = np.random.default_rng(seed).permutation(len(texts))[:max_texts]
+        model = make_pipeline(
+            TfidfVectorizer(analyzer="char", ngram_range=(1, 3), preprocessor=_normalise, sublinear_tf=True,
+                            max_features=JUDGE_FEATURES, dtype=np.float32),
+            LogisticRegression(max_iter=1000, class_weight="balanced", random_state=seed))
+        model.fit([texts[i] for i in keep], labels[keep])
+        return cls(model, len(keep))
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """The class index the judge gives each text."""
+        return self.model.predict(list(texts))
+
+
+def label_agreement(judged: np.ndarray, asked: np.ndarray) -> float:
+    """Share of texts judged to be the class they were asked for (for real texts: their label, so
+    the judge's accuracy)."""
+    if len(judged) != len(asked) or not len(asked):
+        raise ValueError(f"label agreement needs as many judged as asked classes, at least 1: {len(judged)} "
+                         f"judged, {len(asked)} asked")
+    return float(np.mean(np.asarray(judged) == np.asarray(asked)))
+
+
+def majority_share(asked: np.ndarray) -> float:
+    """The chance level of label agreement: what a judge that always names the commonest asked class scores."""
+    return float(np.bincount(np.asarray(asked)).max() / len(asked))
