@@ -5,7 +5,7 @@ The Python API (the CLI calls exactly these):
     import genforge
     genforge.ingest("builtin:digits", "digits")
     run = genforge.train("configs/quickstart.yaml")
-    out = genforge.generate(run.id, n=16, seed=0, options={"steps": 20})
+    out = genforge.generate(run.id, n=16, seed=0, options={"temperature": 0.8})
     metrics = genforge.evaluate(run.id, n=500)
 """
 
