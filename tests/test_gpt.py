@@ -176,3 +176,14 @@ def test_int8_generation_runs_and_follows_the_model(tok):
                       gpt.SampleConfig(max_tokens=8, temperature=0, quantize="int8"))
     assert int8.completion_tokens == [8, 8] and gpt.quantized(m) is gpt.quantized(m)  # made once
     assert any(a[:2] == b[:2] for a, b in zip(fp32.texts, int8.texts))  # close logits: same first greedy tokens
+
+
+def test_label_prompts_must_tell_classes_apart_and_not_shadow_real_prompts():
+    with pytest.raises(ValueError, match="each class its own prompt"):
+        gpt.Config(family="gpt", format="prompt_completion", label_prompts={"positive": "写：", "negative": "写："})
+    texts, _ = corpus()
+    ds = open_dataset(write_texts("pc", texts[:40], val=8, prompts=["写一条评论："] * 40))
+    cfg = gpt.Config(family="gpt", vocab_size=300, block_size=32, format="prompt_completion",
+                     label_prompts={"positive": "a", "negative": "b"})
+    with pytest.raises(DataError, match="has its own prompts; remove model.label_prompts"):
+        gpt.split_texts(ds, "train", cfg)

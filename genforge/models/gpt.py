@@ -67,6 +67,8 @@ class Config(StrictModel):
             raise ValueError(f"n_head ({self.n_head}) must divide n_embd ({self.n_embd})")
         if self.label_prompts is not None and self.format != "prompt_completion":
             raise ValueError("label_prompts needs format: prompt_completion")
+        if self.label_prompts is not None and len(set(self.label_prompts.values())) < len(self.label_prompts):
+            raise ValueError("label_prompts must give each class its own prompt, or the model cannot tell them apart")
         return self
 
 
@@ -299,6 +301,8 @@ def split_texts(dataset, split: str, config: Config) -> tuple[list[str], list[st
             raise DataError(f"dataset {dataset.ref} has prompt/completion columns; set model.format: prompt_completion")
         return frame["text"].astype(str).tolist(), None
     if "prompt" in frame and "completion" in frame:
+        if config.label_prompts is not None:
+            raise DataError(f"dataset {dataset.ref} has its own prompts; remove model.label_prompts")
         return frame["prompt"].astype(str).tolist(), frame["completion"].astype(str).tolist()
     if config.label_prompts is None or "label" not in frame:
         raise DataError(f"dataset {dataset.ref} has no prompt/completion columns; for a labeled text dataset give "
