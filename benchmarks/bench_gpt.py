@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bench_gpt.py --quick        # every code path in a minute
 
 Both models are built from one GPT-2 configuration (default about 30M parameters: 8 layers, width
-512, 8 heads, 256 positions, an 8,000-token vocabulary) and hold the same weights (genforge's are
+512, 8 heads, 512 positions, an 8,000-token vocabulary) and hold the same weights (genforge's are
 exported to transformers' layout by `genforge.interop`, so the two compute the same function).
 
 - Training: tokens/s of a full step (forward, cross-entropy, backward, AdamW), batch x block tokens
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"params": params, "train": {}, "generate": {}}
 
     # training: both in train mode, one AdamW each (fused, as genforge's trainer runs it)
-    ids = torch.randint(0, args.vocab, (args.batch, args.block), generator=g)
+    ids = torch.randint(0, args.vocab, (args.batch, args.seq), generator=g)
     opts = {name: torch.optim.AdamW(m.parameters(), lr=1e-4, fused=True) for name, m in (("genforge", ours), ("transformers", hf))}
     for m in (ours, hf):
         m.train()
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(args.reps):
         for name, m in (("genforge", ours), ("transformers", hf)):
             times[name].append(timed(lambda: train_step(m, opts[name], ids, name == "transformers")))
-    tokens = args.batch * args.block
+    tokens = args.batch * args.seq
     results["train"] = {k: [tokens / t for t in v] for k, v in times.items()}
 
     # generation
@@ -151,7 +151,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
              f"Medians (min-max) of {args.reps} alternating repetitions.", "",
              "| | genforge | transformers | ratio |", "|---|---|---|---|"]
     tr = results["train"]
-    lines.append(f"| training tokens/s (batch {args.batch} x {args.block}) | {summary(tr['genforge'])} | "
+    lines.append(f"| training tokens/s (batch {args.batch} x {args.seq}) | {summary(tr['genforge'])} | "
                  f"{summary(tr['transformers'])} | {statistics.median(tr['genforge']) / statistics.median(tr['transformers']):.2f}x |")
     for batch, gen in results["generate"].items():
         base = statistics.median(gen["transformers"])
@@ -170,7 +170,8 @@ def main() -> None:
     p.add_argument("--layers", type=int, default=8)
     p.add_argument("--width", type=int, default=512)
     p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--block", type=int, default=256)
+    p.add_argument("--block", type=int, default=512, help="positions: prompt + 256 new tokens must fit")
+    p.add_argument("--seq", type=int, default=256, help="training sequence length")
     p.add_argument("--vocab", type=int, default=8000)
     p.add_argument("--batch", type=int, default=8, help="training batch (rows of --block tokens)")
     p.add_argument("--prompt", type=int, default=16, help="prompt tokens for generation")
@@ -181,7 +182,7 @@ def main() -> None:
     p.add_argument("--write", action="store_true", help=f"append to {RESULTS.relative_to(ROOT.parent)}")
     args = p.parse_args()
     if args.quick:
-        args.layers, args.width, args.heads, args.block, args.new, args.reps = 2, 64, 2, 64, 16, 2
+        args.layers, args.width, args.heads, args.block, args.seq, args.new, args.reps = 2, 64, 2, 64, 32, 16, 2
     info = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": platform.processor() or "?",
             "cores": os.cpu_count(), "flags": ", ".join(sorted(cpu_flags() & FLAGS)) or "none of " + ", ".join(sorted(FLAGS)), "load_before": os.getloadavg(),
             "torch": torch.__version__, "transformers": version("transformers"),
