@@ -11,10 +11,9 @@ import pytest
 from rich.console import Console
 from test_families import tiny_config
 from textsets import corpus, write_texts
-from typer.testing import CliRunner
+from clirun import invoke
 
 import genforge
-from genforge.cli import _app
 from genforge.errors import ConfigError, ModelError
 from genforge.evaluation import pipeline, text
 from genforge.evaluation.report import metrics_table
@@ -133,14 +132,6 @@ def test_sample_prompts_takes_enough_samples_per_prompt_and_skips_long_ones():
 
 BUDGET = ["--set", "sample.max_tokens=40"]  # long enough for 8-gram copies; the tiny config samples 6 tokens
 LABEL_PROMPTS = {"positive": "写一条好评：", "negative": "写一条差评："}
-
-
-def invoke(*args: str):
-    result = CliRunner().invoke(_app, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ import pytest
 from imagesets import digits, write_images
 from PIL import Image
 from rich.console import Console
-from typer.testing import CliRunner
+from clirun import invoke
 
-from genforge.cli import _app
 from genforge.errors import ConfigError, ModelError
 from genforge.evaluation import fid, pipeline
 from genforge.evaluation.pipeline import EvalOptions, compare_runs, evaluation_key
@@ -56,14 +55,6 @@ def runs(tmp_path_factory):
 def ws(runs, monkeypatch):
     monkeypatch.setenv("GENFORGE_HOME", str(runs[0]))
     return runs[1]
-
-
-def invoke(*args: str):
-    result = CliRunner().invoke(_app, list(args))
-    if result.exception and not isinstance(result.exception, SystemExit):
-        raise result.exception
-    assert result.exit_code == 0, result.output
-    return result
 
 
 def test_evaluate_writes_metrics_and_a_self_contained_report(ws):
