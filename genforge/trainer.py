@@ -122,12 +122,12 @@ def _source_checkpoint(ref: str) -> Checkpoint:
     return ckpt
 
 
-def _init_source(config: RunConfig, ckpt: Checkpoint) -> tuple[DataSpec, Fitted | None]:
+def _init_source(config: RunConfig, family: Family, ckpt: Checkpoint) -> tuple[DataSpec, Fitted | None]:
     """A fine-tuning run keeps its source's data spec and fitted state (its tokenizer): never refitted."""
     src = ckpt.model_info()
     if src["family"] != config.model.family:
         raise ConfigError(f"train.init_from {ckpt.path} is a {src['family']} model; this run is {config.model.family}")
-    tunable = get_family(config.model.family).TUNABLE
+    tunable = family.TUNABLE
     strip = lambda d: {k: v for k, v in d.items() if k not in tunable}  # noqa: E731
     diffs = config_diff(strip(src["model"]), strip(config.model.model_dump(mode="json")))
     if diffs:
@@ -170,7 +170,7 @@ def _start(config: RunConfig, procs: Processes, resume: bool, ref: str | None, c
     source = _source_checkpoint(tc.init_from) if tc.init_from and not resume else None
     dataset = open_dataset(old["dataset"] if old else config.data.dataset)
     if procs.main and not resume:
-        spec, fitted = _init_source(config, source) if source else family.fit(config.model, dataset)
+        spec, fitted = _init_source(config, family, source) if source else family.fit(config.model, dataset)
         run_dir.mkdir(parents=True)
         hashes = save_fitted(run_dir / "fitted", fitted)
         shared = {"spec": spec.to_json(), "fitted": hashes}

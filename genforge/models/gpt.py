@@ -262,9 +262,10 @@ def generate(model: GPT, prompts: list[list[int]], generators: list[torch.Genera
     seen.scatter_(1, tokens, real[:, :L])
     out: list[list[int]] = [[] for _ in range(B)]
     reasons: list[str | None] = [None] * B
+    greedy = SampleConfig(repetition_penalty=o.repetition_penalty)  # temperature 0: only the penalty applies
     for t in range(o.max_tokens):
         if o.temperature == 0:
-            nxt = _filter(logits, seen, SampleConfig(repetition_penalty=o.repetition_penalty)).argmax(-1)
+            nxt = _filter(logits, seen, greedy).argmax(-1)
         else:
             probs = _filter(logits, seen, o).softmax(-1).cpu()
             nxt = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generators)])
