@@ -3,6 +3,9 @@
     .venv/bin/python benchmarks/bench_peers_digits.py --write                  # 15 min per peer -> results/peers_digits.md
     .venv/bin/python benchmarks/bench_peers_digits.py --runs RUN_A RUN_B ...   # adds genforge runs' rows and FD ratios
     .venv/bin/python benchmarks/bench_peers_digits.py --quick                  # a smoke run of every code path (minutes)
+    .venv/bin/python benchmarks/bench_peers_digits.py --peers diffusers-ddpm --ddpm-lr 2e-3 --ddpm-warmup 100
+        # the DDPM alone with genforge's own LR and warm-up: at the example's 1e-4 with 500 warm-up steps a
+        # 15-minute run (~600 steps) barely leaves its warm-up, and its samples are noise
 
 The peers, each trained for the same wall-clock minutes on the same cores (`--minutes`, `--threads`):
 - `diffusers-ddpm`: Hugging Face `UNet2DModel` with the layout of genforge's diffusion-digits UNet (same widths,
@@ -470,7 +473,7 @@ def load_note(load: float, cores: int) -> str:
 
 
 def section(results: dict[str, Any], tables: tuple[str, str], notes: list[str]) -> str:
-    m, a = results["machine"], results["args"]
+    m, a, pr = results["machine"], results["args"], results["params"]
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in m["cpu_flags"].items()) or "unknown"
     lines = [f"## {results['date']}: {a['minutes']} min per model, n = {a['n']}{' (quick: figures mean nothing)' if a['quick'] else ''}",
              "", f"`{results['command']}`", "",
@@ -479,9 +482,10 @@ def section(results: dict[str, Any], tables: tuple[str, str], notes: list[str]) 
              f"{' '.join(f'{x:.2f}' for x in results['load_avg_after'])}",
              f"- torch {m['versions']['torch']}, diffusers {m['versions']['diffusers']}, genforge "
              f"{m['versions']['genforge']} (commit {m['git_commit']}); dataset {results['dataset']}",
-             f"- parameters: genforge diffusion-digits UNet {results['params']['genforge_unet']:,} ({results['params']['genforge_unet_source']}), "
-             f"diffusers UNet2DModel {results['params']['diffusers-ddpm']:,}, DCGAN G {results['params']['dcgan']:,} "
-             f"(+ D {results['params']['dcgan_d']:,})",
+             f"- parameters: genforge diffusion-digits UNet {pr['genforge_unet']:,} ({pr['genforge_unet_source']})"
+             + (f", diffusers UNet2DModel {pr['diffusers-ddpm']:,}" if "diffusers-ddpm" in pr else "")
+             + (f", DCGAN G {pr['dcgan']:,} (+ D {pr['dcgan_d']:,})" if "dcgan" in pr else ""),
+             f"- peers trained: {a['peers']}; diffusers DDPM AdamW lr {a['ddpm_lr']:g}, {a['ddpm_warmup']} warm-up steps",
              f"- sampling: diffusers DDIM-{a['ddim_steps']} batch {a['sample_batch']}, no guidance; DCGAN batches of 64",
              f"- {load_note(m['load_avg_before'][0], m['cores'])}",
              "- columns: train_s = wall seconds of training steps; sample_img_s = n / wall seconds to generate n; the "
@@ -501,6 +505,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     p.add_argument("--batch", type=int, default=64, help="training batch for both peers")
     p.add_argument("--slice-s", type=float, default=30.0, help="seconds each peer trains before the other's turn")
+    p.add_argument("--peers", default="diffusers-ddpm,dcgan",
+                   help="comma-separated peers to train (one alone, e.g. to rerun it with other settings)")
     p.add_argument("--ddpm-lr", type=float, default=1e-4, help="diffusers example default")
     p.add_argument("--ddpm-warmup", type=int, default=500, help="LR warm-up steps (diffusers example default)")
     p.add_argument("--ddim-steps", type=int, default=50)
@@ -529,9 +535,13 @@ def main() -> None:
 
     # 2. the peers, trained for the same minutes in alternating slices
     g_params, g_source = genforge_unet_params()
-    peers = [DDPMPeer(x, y, args), DCGANPeer(x, y, args)]
-    print(f"parameters: genforge UNet {g_params:,} ({g_source}); diffusers UNet2DModel {peers[0].params:,} "
-          f"(ratio {peers[0].params / g_params:.4f}); DCGAN G {peers[1].params:,} D {peers[1].params_d:,}")
+    kinds = {c.name: c for c in (DDPMPeer, DCGANPeer)}
+    names = [n for n in args.peers.split(",") if n]
+    if not names or set(names) - set(kinds):
+        sys.exit(f"--peers: choose from {', '.join(kinds)}, got {args.peers!r}")
+    peers = [kinds[n](x, y, args) for n in names]
+    params = {p.name: p.params for p in peers} | {"dcgan_d": p.params_d for p in peers if p.name == "dcgan"}
+    print(f"parameters: genforge UNet {g_params:,} ({g_source}); peers {params}")
     print(f"training each peer for {args.minutes} min, slices of {args.slice_s:.0f} s")
     train_interleaved(peers, args.slice_s)
 
@@ -546,7 +556,7 @@ def main() -> None:
     rows = [normalise(r) for r in rows + run_rows]
     main_table = table(rows)
     ratio_table, pairs = ratios(rows, fd(rows[0]))
-    if any(r["kind"] == "peer" for r in rows):
+    if any(r["name"] == "dcgan" for r in rows):
         notes.append("dcgan is unconditional: conditional accuracy does not apply")
     print("\n" + main_table + "\n\n" + ratio_table + "\n")
     for n in notes:
@@ -556,8 +566,7 @@ def main() -> None:
     results = {"date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "command": command,
                "machine": info, "load_avg_after": os.getloadavg(), "args": vars(args), "dataset": dataset.ref,
                "evaluator": reference.evaluator.meta if reference.evaluator else None,
-               "params": {"genforge_unet": g_params, "genforge_unet_source": g_source,
-                          "diffusers-ddpm": peers[0].params, "dcgan": peers[1].params, "dcgan_d": peers[1].params_d},
+               "params": {"genforge_unet": g_params, "genforge_unet_source": g_source, **params},
                "rows": rows, "pairs": pairs}
     if args.write:
         raw = "```json\n" + json.dumps(results, indent=1, default=str) + "\n```\n"
