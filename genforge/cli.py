@@ -16,6 +16,18 @@ console = Console(stderr=True)
 
 _app = typer.Typer(help="genforge: from raw business data to a served generator.", no_args_is_help=True,
                    pretty_exceptions_enable=False, add_completion=False)
+
+
+@_app.callback()
+def _root(tracking_uri: str = typer.Option(None, "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+                                           help="MLflow tracking and registry server (default: sqlite in the workspace)")) -> None:
+    """genforge: from raw business data to a served generator."""
+    import os
+
+    if tracking_uri:
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+
+
 data_app = typer.Typer(help="Ingest, clean, split and gate datasets.", no_args_is_help=True)
 _app.add_typer(data_app, name="data")
 
@@ -188,3 +200,111 @@ def import_cmd(
     model = json.loads((folder / "model.json").read_text(encoding="utf-8"))["model"]
     console.print(f"imported {path} to {folder}\nfine-tune it with train.init_from: {folder} and model: "
                   + json.dumps({k: v for k, v in model.items() if v is not None}), highlight=False)
+
+
+# ----------------------------------------------------------------------------- pipeline, tracking, registry
+
+@_app.command("run")
+def run_cmd(config: Path = typer.Argument(..., help="run config YAML (see configs/)"), set_: list[str] = SetOpt) -> None:
+    """Ingest, train, evaluate, register and (registry.promote) promote; run again, it goes on where it stopped."""
+    from genforge.pipeline import run_pipeline
+    from genforge.tracking import tracking_uri
+
+    result = run_pipeline(config, set_, console=console, say=lambda m: console.print(f"[bold]>> {m}[/]", highlight=False))
+    _print_evaluation(result.evaluation, f"evaluation of {result.run}")
+    for stage, what in result.stages.items():
+        console.print(f"{stage:>9}: {what}", highlight=False)
+    champ = f"champion: version {result.champion}" if result.champion else "no champion yet"
+    uri = tracking_uri()
+    ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else uri
+    console.print(f"\nmodel {result.registered} version {result.version} ({champ})\n"
+                  f"look at it:  {ui}   (runs, metrics, the model card)\n"
+                  f"             genforge models; genforge history {result.registered}\n"
+                  f"sample it:   genforge generate {result.run} --n 64", highlight=False)
+
+
+@_app.command("sync")
+def sync_cmd(run: str = typer.Argument(..., help="run id, unique prefix, 'latest', or a run directory")) -> None:
+    """Send a run (metrics, config, evaluation) to MLflow: after tracking was off or the server was down."""
+    from genforge.runs import resolve_run
+    from genforge.tracking import sync, tracking_uri
+
+    console.print(f"synced to MLflow run {sync(resolve_run(run))} at {tracking_uri()}", highlight=False)
+
+
+@_app.command("register")
+def register_cmd(
+    run: str = typer.Argument(..., help="an evaluated run (id, unique prefix, 'latest', or a run directory)"),
+    name: str = typer.Option(None, "--name", help="registered model name (default: registry.name, else the config's name)"),
+    update_policy: bool = typer.Option(False, "--update-policy", help="replace the model's promotion policy with this "
+                                       "run config's (recorded in the history)"),
+) -> None:
+    """Register a run's evaluated checkpoint as a new model version, with its figures and model card."""
+    from genforge import registry
+
+    v = registry.register(run, name, update_policy=update_policy)
+    console.print(f"registered {run} as {v.name} version {v.version}: {v.source}", highlight=False)
+
+
+@_app.command("promote")
+def promote_cmd(
+    name: str = typer.Argument(..., help="registered model name"),
+    version: str = typer.Argument(..., help="version number"),
+    force: bool = typer.Option(False, "--force", help="promote although the policy fails (needs --reason)"),
+    reason: str = typer.Option(None, "--reason", help="why: recorded in the history"),
+) -> None:
+    """Make VERSION the champion if it passes the model's promotion policy."""
+    from genforge import registry
+
+    e = registry.promote(name, version, force=force, reason=reason)
+    how = "forced past: " + "; ".join(e["failed"]) if e["failed"] else "every rule passed"
+    console.print(f"{name}: champion is version {e['to']} (was {e['from'] or 'none'}); {how}", highlight=False)
+
+
+@_app.command("rollback")
+def rollback_cmd(name: str = typer.Argument(..., help="registered model name"),
+                 reason: str = typer.Option(None, "--reason", help="why: recorded in the history")) -> None:
+    """Make the previous champion the champion again (recorded in the history)."""
+    from genforge import registry
+
+    e = registry.rollback(name, reason=reason)
+    console.print(f"{name}: champion is version {e['to']} again (was {e['from']})", highlight=False)
+
+
+@_app.command("history")
+def history_cmd(name: str = typer.Argument(..., help="registered model name"),
+                json_: bool = typer.Option(False, "--json", help="print the entries as JSON")) -> None:
+    """Every promotion, forced promotion, rollback and policy change of a model, oldest first."""
+    from genforge import registry
+    from genforge.registry_view import print_history
+
+    print_history(registry.history(name), name, console, as_json=json_)
+
+
+@_app.command("models")
+def models_cmd(json_: bool = typer.Option(False, "--json", help="print as JSON")) -> None:
+    """Registered models: versions, aliases and each version's headline figures."""
+    from genforge import registry
+    from genforge.registry_view import print_models
+
+    print_models(registry.models(), console, as_json=json_)
+
+
+@_app.command("record")
+def record_cmd(name: str = typer.Argument(..., help="registered model name"),
+               version: str = typer.Argument(..., help="version number"),
+               metric: list[str] = typer.Option(..., "--metric", help="KEY=VALUE, a figure measured after registration "
+                                                "(e.g. human_review=4.2); promotion rules may name it")) -> None:
+    """Record figures for a model version after registration."""
+    from genforge import registry
+    from genforge.errors import ConfigError
+
+    figures = {}
+    for item in metric:
+        key, _, value = item.partition("=")
+        try:
+            figures[key.strip()] = float(value)
+        except ValueError:
+            raise ConfigError(f"--metric takes KEY=NUMBER, got {item!r}") from None
+    v = registry.record_metrics(name, version, figures)
+    console.print(f"{name} version {v.version}: " + ", ".join(f"{k} = {v.metrics[k]:g}" for k in figures), highlight=False)

@@ -23,3 +23,16 @@ class ModelError(GenforgeError):
 
 class CheckpointError(GenforgeError):
     """A checkpoint is missing, damaged or does not match the run."""
+
+
+class RegistryError(GenforgeError):
+    """A registry operation that cannot be done as asked (unknown model or version, nothing to roll back to)."""
+
+
+class PromotionRefused(GenforgeError):
+    """The promotion policy failed; the message lists every failed rule with its figures."""
+
+    def __init__(self, name: str, version: str, failures: list[str]):
+        self.failures = failures
+        super().__init__(f"version {version} of {name} is not promoted: " + "; ".join(failures)
+                         + ' (override with --force --reason "...")')

@@ -19,6 +19,7 @@ from genforge.models import FAMILIES, get_family
 
 class DataConfig(StrictModel):
     dataset: str  # "name" (the newest version) or "name@version"
+    source: str | None = None  # what `genforge run` ingests as `dataset` when it is missing (builtin:digits, a path)
     train_split: str = "train"
     val_split: str = "val"
 
@@ -68,6 +69,46 @@ class TrainConfig(StrictModel):
         return self
 
 
+class EvaluateConfig(StrictModel):
+    """How `genforge run` evaluates; a promotion compares versions evaluated with equal options."""
+
+    n: int | None = Field(default=None, ge=1)  # samples scored; None: the evaluator's default for the kind
+    seed: int = 0
+
+
+class Rule(StrictModel):
+    """One promotion rule on a figure recorded for a version (its evaluation's, or one added later)."""
+
+    metric: str = Field(min_length=1)  # e.g. evaluator_fd, perplexity, human_review
+    min: float | None = None
+    max: float | None = None
+    max_regression: float | None = Field(default=None, ge=0)  # at most this share worse than the champion
+    higher_is_better: bool | None = None  # None: known from the metric's name (fd, perplexity: lower)
+
+    @model_validator(mode="after")
+    def _something(self) -> "Rule":
+        if self.min is None and self.max is None and self.max_regression is None:
+            raise ValueError(f"rule on {self.metric!r} checks nothing: set min, max or max_regression")
+        return self
+
+
+class PromotionPolicy(StrictModel):
+    rules: list[Rule] = []
+
+
+class RegistryConfig(StrictModel):
+    """What `genforge register` and `genforge run` record, and the gate a version must pass to be champion."""
+
+    name: str | None = None  # the registered model; None: the config's name
+    promote: bool = False  # `genforge run` asks for promotion after registering
+    policy: PromotionPolicy = PromotionPolicy()
+    intended_use: str = "Generating synthetic examples like the training data, for prototyping and augmentation."
+    limitations: str = ("Reproduces the patterns, gaps and biases of its training data; trained briefly on one "
+                        "dataset; not checked by a person. Label generated content as AI-generated.")
+    licence: str | None = None  # the terms this model is offered under (the card shows the data's own)
+    weights_licence: str | None = None  # of imported weights this model starts from, when not the data's
+
+
 class RunConfig(StrictModel):
     """A run config; `run_config_type(family)` gives the subclass whose model/sample are typed."""
 
@@ -76,6 +117,8 @@ class RunConfig(StrictModel):
     model: StrictModel
     train: TrainConfig
     sample: StrictModel
+    evaluate: EvaluateConfig = EvaluateConfig()
+    registry: RegistryConfig = RegistryConfig()
 
 
 @functools.cache
@@ -119,7 +162,7 @@ def config_diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 # What `--resume` may change: the budget and anything else about how training goes on, and sampling
 # defaults. The model, the data and the start point (init_from) would make a different model.
-RESUMABLE_CHANGES = ("train.", "sample.")
+RESUMABLE_CHANGES = ("train.", "sample.", "evaluate.", "registry.", "data.source")
 FIXED_ON_RESUME = ("train.init_from", "train.seed", "train.batch_size")
 
 

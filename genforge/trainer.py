@@ -44,6 +44,7 @@ from genforge.models import Batch, DataSpec, Family, Fitted, get_family
 from genforge.optim import EMA, Optimizers, lr_factor, make_optimizers
 from genforge.runconfig import RunConfig, check_resume_changes, config_diff, parse_run_config
 from genforge.runs import RUN_FORMAT, list_runs, new_run_id, read_info, resolve_run, write_info
+from genforge.tracking import tracked
 from genforge.workspace import atomic_write_text, runs_dir
 
 UNITS = {"image": "img/s", "text": "tok/s", "table": "rows/s"}
@@ -56,7 +57,8 @@ def train(config: RunConfig, *, resume: bool = False, run: str | None = None, co
     procs = init_processes(config.train.device)
     try:
         start = _start(config, procs, resume, run, console or Console(stderr=True))
-        return _Loop(start).run()
+        with tracked(start.run_dir, procs.main, lambda msg: _warn(start.console, msg)):
+            return _Loop(start).run()
     finally:
         close_processes(procs)
 

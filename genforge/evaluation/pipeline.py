@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
@@ -44,6 +45,7 @@ from genforge.models import Batch, ImageSamples, SampleRequest, TextSamples, gpt
 from genforge.outputs import write_texts
 from genforge.runs import Run, load_run
 from genforge.sampling import Model
+from genforge.tracking import track_evaluation
 from genforge.tokenizer import TextTokenizer
 from genforge.workspace import atomic_write_json, atomic_write_text, atomic_write_with, home
 
@@ -512,6 +514,7 @@ def evaluate_run(ref: str, options: EvalOptions = EvalOptions()) -> Path:
     report = eval_dir / "report.html"
     atomic_write_text(report, render_report([ReportEntry(run, metrics, scored.samples, scored.reference)], dataset,
                                             scored.rows))
+    track_evaluation(run.path, lambda msg: print(f"warning: {msg}", file=sys.stderr))
     return report
 
 
