@@ -235,6 +235,9 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1000, help="images per quality row")
     p.add_argument("--steps", default="5,10,15,20,50,100", help="comma-separated numbers of steps")
     p.add_argument("--samplers", default=f"ddim,{NEW}")
+    p.add_argument("--new-steps", help=f"steps for {NEW} alone (default: --steps)")
+    p.add_argument("--rows-json", help="keep each quality row here as it is made, and reuse the rows already in it "
+                                       "(same run, n, seed, guidance): an interrupted benchmark goes on where it stopped")
     p.add_argument("--reference-steps", type=int, default=100,
                    help="DDIM at this many steps is the target (default: 100; the most steps listed if absent)")
     p.add_argument("--tolerance", type=float, default=0.10, help="within this share of the target's FD")
@@ -251,6 +254,9 @@ def main() -> None:
     p.add_argument("--write", action="store_true", help=f"write {RESULTS.relative_to(ROOT.parent)}")
     args = p.parse_args()
     steps_list = sorted({int(s) for s in args.steps.split(",")})
+    steps_of = {s: steps_list for s in args.samplers.split(",")}
+    if args.new_steps:
+        steps_of[NEW] = sorted({int(s) for s in args.new_steps.split(",")})
     samplers = args.samplers.split(",")
     if "ddim" not in samplers:
         sys.exit(f"--samplers must include ddim: DDIM-{args.reference_steps} is the target, got {args.samplers}")
@@ -292,15 +298,26 @@ def main() -> None:
         real_row = {"split": split, "n": len(real), **{f: figure(scored, f) for f in FIGURES}, "raw": scored}
         print(f"real held-out ({split}, n={len(real)}): FD {fmt(real_row['fd'])}", flush=True)
     rows, fp32_images = [], {}
+    key = {"run": run.id, "n": args.n, "seed": args.seed, "guidance": guidance}
+    kept = [r for r in (json.loads(Path(args.rows_json).read_text()) if args.rows_json and Path(args.rows_json).is_file()
+                        else []) if r.get("key") == key]
     for sampler in samplers:
-        for steps in steps_list:
+        for steps in steps_of[sampler]:
+            old = [r for r in kept if (r["sampler"], r["steps"]) == (sampler, steps)]
+            if old:
+                rows.append(old[-1])
+                print(f"{sampler:>9}-{steps:<4} FD {fmt(rows[-1]['fd'])}  (kept in {args.rows_json})", flush=True)
+                continue
             options = {**base_options, "sampler": sampler, "steps": steps}
             images, secs = sample(run, args.n, args.seed, options, args.batch)
             fp32_images[(sampler, steps)] = images
             scored = reference.score(images, requested, args.seed)
             rows.append({"sampler": sampler, "steps": steps, "seconds": secs, **{f: figure(scored, f) for f in FIGURES},
-                         "raw": scored})
+                         "raw": jsonable(scored), "key": key})
             print(f"{sampler:>9}-{steps:<4} FD {fmt(rows[-1]['fd'])}  {secs:7.1f} s  load {os.getloadavg()[0]:.1f}", flush=True)
+            if args.rows_json:
+                kept.append(rows[-1])
+                atomic_write_json(Path(args.rows_json), kept)
 
     # 2. the fewest steps within the tolerance of DDIM at the reference steps
     target = next(r["fd"] for r in rows if r["sampler"] == "ddim" and r["steps"] == ref_steps)
@@ -316,7 +333,7 @@ def main() -> None:
     print(summary({**res, "timing": None}))
 
     # 3. time for time_n images at the fewest steps, against diffusers' DDIM-50
-    new_steps = best.get(NEW) or max(steps_list)  # none within the tolerance: its most steps, flagged below
+    new_steps = best.get(NEW) or max(steps_of[NEW])  # none within the tolerance: its most steps, flagged below
     if not args.no_time:
         work = {f"genforge {NEW} {new_steps}": lambda: sample(run, args.time_n, args.seed, {
             **base_options, "sampler": NEW, "steps": new_steps}, args.batch)}
@@ -334,7 +351,10 @@ def main() -> None:
 
     # 4. bf16 against fp32 for the new sampler's setting
     if args.bf16:
-        bf16_steps = new_steps if new_steps in steps_list else max(steps_list)
+        bf16_steps = new_steps if new_steps in steps_of[NEW] else max(steps_of[NEW])
+        if (NEW, bf16_steps) not in fp32_images:  # a kept row: its images again, for the pixel differences
+            fp32_images[(NEW, bf16_steps)] = sample(run, args.n, args.seed, {**base_options, "sampler": NEW,
+                                                                             "steps": bf16_steps}, args.batch)[0]
         model.precision = "bf16"  # Model.sample autocasts to the run's precision
         try:
             images, secs = sample(run, args.n, args.seed, {**base_options, "sampler": NEW, "steps": bf16_steps}, args.batch)
