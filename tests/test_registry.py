@@ -22,6 +22,7 @@ from genforge.runconfig import PromotionPolicy, Rule, parse_run_config
 from genforge.runs import load_run
 from genforge.trainer import train
 from imagesets import digits, write_images
+from test_families import REQUESTS, data, kind, same_item, tiny_config  # noqa: F401  (data: a fixture)
 
 POLICY = {"rules": [{"metric": "evaluator_fd", "max": 1000.0, "max_regression": 0.10},
                     {"metric": "evaluator_conditional_accuracy", "min": 0.0}]}
@@ -270,3 +271,23 @@ def test_run_chains_every_stage_and_goes_on_where_it_stopped(workspace, tmp_path
     # another training config: a new run, registered as version 2 and promoted only if the policy passes
     out = invoke("run", str(cfg), "--set", "train.steps=12")
     assert "model digits-vae version 2 (champion: version 2)" in out.output
+
+
+@pytest.mark.parametrize("family", ["diffusion", "gan", "gpt", "vae"])
+def test_every_family_registers_and_serves_from_the_registry_alone(family, data):
+    """The version's folder (downloaded from MLflow, nothing of the run) samples what the run samples."""
+    from genforge.models import FAMILIES, SampleRequest
+    from genforge.sampling import load_model
+    assert sorted(FAMILIES) == ["diffusion", "gan", "gpt", "vae"]  # a new family joins this test
+    run = load_run(train(parse_run_config(tiny_config(family, name=f"reg-{family}"))))
+    evaluate_run(run.id, EvalOptions(n=10 if kind(family) == "text" else 32, seed=0))
+    v = registry.register(run.id)
+    assert v.name == f"reg-{family}" and v.metrics and v.evaluation["options"]["n"] in (10, 32)
+    req = SampleRequest.make(4, seed=3, **{k: val[:4] for k, val in REQUESTS[kind(family)].items()})
+    before = run.sample(req)
+    folder = registry.download(v.name, v.version)
+    shutil.rmtree(run.path)
+    model = load_model(folder, "cpu")
+    again = model.sample(req)
+    assert model.family_name == family and all(same_item(again, i, before, i) for i in range(4))
+    assert (folder / "MODEL_CARD.md").read_text().startswith(f"# reg-{family}: a genforge {family} model")
