@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from genforge.errors import ConfigError, DataError
+from genforge.errors import ConfigError, DataError, RegistryError
 from genforge.runconfig import RunConfig, load_run_config
 from genforge.workspace import atomic_write_json, home
 
@@ -110,8 +110,8 @@ def _register(config: RunConfig, run_id: str, say: Callable[[str], None]) -> tup
     name = config.registry.name or config.name
     checkpoint = load_run(run_id).checkpoint().path.name
     try:
-        versions = [v for m in registry.models() if m["name"] == name for v in m["versions"]]
-    except Exception:  # noqa: BLE001  no registry yet: nothing registered
+        versions = registry.model_versions(name)
+    except RegistryError:  # not registered yet
         versions = []
     same = [v for v in versions if v.run == run_id and v.evaluation and v.source.endswith(checkpoint)]
     if same:

@@ -205,6 +205,15 @@ def _append_history(c: Any, name: str, entry: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def model_versions(name: str, c: Any = None) -> list[Version]:
+    """Every version of one registered model, oldest first, with its aliases (RegistryError: no such model)."""
+    c = c or client()
+    aliases = {a: str(v) for a, v in (_registered(c, name).aliases or {}).items()}
+    versions = [replace(v, aliases=tuple(a for a, n in aliases.items() if n == v.version))  # search omits them
+                for v in map(_version, c.search_model_versions(f"name = '{name}'", max_results=10000))]
+    return sorted(versions, key=lambda v: int(v.version))
+
+
 def models(c: Any = None) -> list[dict[str, Any]]:
     """Every registered model (not the locks): versions, aliases, and each version's headline figures."""
     c = c or client()
@@ -212,10 +221,8 @@ def models(c: Any = None) -> list[dict[str, Any]]:
     for rm in c.search_registered_models(max_results=1000):
         if rm.name.startswith(LOCK_PREFIX):
             continue
-        aliases = {a: str(v) for a, v in (c.get_registered_model(rm.name).aliases or {}).items()}
-        versions = [replace(v, aliases=tuple(a for a, n in aliases.items() if n == v.version))  # search omits them
-                    for v in map(_version, c.search_model_versions(f"name = '{rm.name}'", max_results=10000))]
-        versions.sort(key=lambda v: int(v.version))
+        versions = model_versions(rm.name, c)
+        aliases = {a: v.version for v in versions for a in v.aliases}
         out.append({"name": rm.name, "versions": versions, "aliases": aliases})
     return out
 
