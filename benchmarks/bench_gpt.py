@@ -15,7 +15,12 @@ exported to transformers' layout by `genforge.interop`, so the two compute the s
   cache on (the default); genforge with `genforge.models.gpt.generate` (its KV cache, per-item
   generators), in fp32 and with int8 dynamic quantisation.
 - The batch-1 ceiling: each new token reads every weight once, so tokens/s <= memory bandwidth /
-  weight bytes. Bandwidth is measured here as the rate of summing a 1 GiB fp32 tensor.
+  weight bytes. Bandwidth is measured here as the rate of summing a 1 GiB fp32 tensor, and, closer
+  to what decoding can reach, as the time of the model's own linear layers alone at one row (the
+  GEMV floor: every fp32 implementation on MKL pays it, whatever it does around the layers).
+- int8's cost in quality (`--run RUN`, a trained GPT run): held-out perplexity of the run's model in
+  fp32 and with int8 linear layers, over its whole validation split (the figure `genforge evaluate`
+  reports).
 
 Contenders alternate within each repetition (so load from elsewhere falls on both), medians and
 ranges over `--reps`; ratios are genforge / transformers.
@@ -87,6 +92,37 @@ def bandwidth_gbs() -> float:
     return x.numel() * 4 / best / 1e9
 
 
+def gemv_floor_ms(model: torch.nn.Module) -> float:
+    """Milliseconds for one row through every Linear layer of the model (the lm_head included)."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    inputs = {m.in_features: torch.randn(1, m.in_features) for m in layers}
+
+    def chain() -> None:
+        for m in layers:
+            F.linear(inputs[m.in_features], m.weight, m.bias)
+    with torch.inference_mode():
+        chain()
+        return 1e3 * statistics.median(timed(chain) for _ in range(50))
+
+
+def int8_perplexity(ref: str) -> dict[str, Any]:
+    """Held-out perplexity of a trained run's model, fp32 against int8 linear layers."""
+    from dataclasses import replace
+
+    from genforge.data.store import open_dataset
+    from genforge.evaluation.pipeline import heldout_perplexity
+    from genforge.runs import load_run
+    run = load_run(ref)
+    model = run.model()
+    dataset = open_dataset(run.dataset_ref)
+    heldout = model.family.encode(model.config, model.spec, model.fitted, dataset, run.config.data.val_split)
+    fp32 = heldout_perplexity(model, heldout)
+    int8 = heldout_perplexity(replace(model, modules={"model": gpt.quantized(model.modules["model"])}, precision="fp32"),
+                              heldout)
+    return {"run": run.id, "split": run.config.data.val_split, "rows": int(heldout["tokens"].shape[0]),
+            "fp32": fp32, "int8": int8}
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     ours, hf = models(args.layers, args.width, args.heads, args.block, args.vocab)
@@ -132,6 +168,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     gen[k].append(batch * args.new / timed(fn))
         results["generate"][batch] = gen
     results["bandwidth_gbs"] = bandwidth_gbs()
+    results["gemv_floor_ms"] = gemv_floor_ms(ours)
+    if args.run:
+        results["int8_perplexity"] = int8_perplexity(args.run)
     results["weight_mb"] = {"fp32": params * 4 / 1e6, "int8": (params - ours.wte.weight.numel() - ours.wpe.weight.numel())
                             * 1 / 1e6 + (ours.wte.weight.numel() + ours.wpe.weight.numel()) * 4 / 1e6}
     return results
@@ -161,7 +200,14 @@ def report(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
     bw, mb = results["bandwidth_gbs"], results["weight_mb"]
     lines += ["", f"Memory bandwidth (summing 1 GiB of fp32): {bw:.1f} GB/s. Batch-1 ceiling: fp32 weights "
               f"{mb['fp32']:.0f} MB -> {bw * 1e3 / mb['fp32']:.0f} tokens/s; int8 linear layers "
-              f"({mb['int8']:.0f} MB with fp32 embeddings) -> {bw * 1e3 / mb['int8']:.0f} tokens/s.", ""]
+              f"({mb['int8']:.0f} MB with fp32 embeddings) -> {bw * 1e3 / mb['int8']:.0f} tokens/s. "
+              f"GEMV floor (the model's linear layers alone, one row): {results['gemv_floor_ms']:.2f} ms -> "
+              f"{1e3 / results['gemv_floor_ms']:.0f} tokens/s at most for fp32 decoding through MKL.", ""]
+    if "int8_perplexity" in results:
+        q = results["int8_perplexity"]
+        lines += [f"int8's cost in quality: run `{q['run']}`, held-out perplexity over its whole {q['split']} split "
+                  f"({q['rows']} rows): fp32 {q['fp32']:.2f}, int8 {q['int8']:.2f} "
+                  f"({100 * (q['int8'] / q['fp32'] - 1):+.2f}%).", ""]
     return "\n".join(lines)
 
 
@@ -178,6 +224,7 @@ def main() -> None:
     p.add_argument("--new", type=int, default=256, help="new tokens generated")
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--run", help="a trained GPT run: report int8's effect on its held-out perplexity")
     p.add_argument("--quick", action="store_true", help="a small model, 2 reps: checks every path")
     p.add_argument("--write", action="store_true", help=f"append to {RESULTS.relative_to(ROOT.parent)}")
     args = p.parse_args()

@@ -1,5 +1,6 @@
-"""The GPT family's parts: the tokenizer's exact round trip, the KV cache, batched generation with left
-padding, the sampling filters, stop sequences, and how text and prompt/completion data become rows."""
+"""The GPT family's parts: the tokenizer's exact round trip, the KV cache, batched and continuous
+generation, packed decoding layers, the sampling filters, stop sequences, and how text and
+prompt/completion data become rows."""
 
 import pytest
 import torch
@@ -56,15 +57,56 @@ def test_cached_generation_equals_recomputing_the_whole_sequence():
 
 @pytest.mark.parametrize("options", [{"temperature": 1.0}, {"temperature": 0.7, "top_k": 5, "top_p": 0.9,
                                                              "repetition_penalty": 1.3}, {"temperature": 0}])
-def test_a_prompt_gets_the_same_output_alone_as_in_a_left_padded_batch(options):
+def test_a_prompt_gets_the_same_output_alone_as_in_a_batch(options):
     m = model(60)
-    prompts = [[5], [1, 2, 3, 4, 5, 6, 7, 8, 9], [0], [4, 4, 4]]  # lengths 1 to 9: 0 to 8 pads
+    prompts = [[5], [1, 2, 3, 4, 5, 6, 7, 8, 9], [0], [4, 4, 4]]  # lengths 1 to 9
     o = gpt.SampleConfig(max_tokens=10, **options)
     gens = lambda: [torch.Generator().manual_seed(s) for s in (11, 12, 13, 14)]  # noqa: E731
     batch = gpt.generate(m, prompts, gens(), o, frozenset())
     for i, p in enumerate(prompts):
         alone = gpt.generate(m, [p], [gens()[i]], o, frozenset())
         assert alone.tokens[0] == batch.tokens[i], i
+
+
+def test_a_request_joining_a_running_batch_with_its_own_options_gets_what_it_gets_alone():
+    m = model(60)
+    items = [([5, 6], {"temperature": 0}), ([1, 2, 3, 4, 5, 6, 7], {"temperature": 0.7, "top_k": 5}),
+             ([9], {"temperature": 1.2, "top_p": 0.9, "repetition_penalty": 1.3, "max_tokens": 4})]
+    seq = lambda i: gpt.Sequence(items[i][0], gpt.SampleConfig(**{"max_tokens": 12, **items[i][1]}),  # noqa: E731
+                                 torch.Generator().manual_seed(20 + i))
+    with torch.inference_mode():
+        run = gpt.Generation(m, 3, 32)
+        joined = [seq(0), seq(1)]
+        for s in joined:
+            run.join(s)
+        for _ in range(3):
+            assert run.step() == []
+        joined.append(seq(2))  # joins at step 4, while the others are mid-way
+        run.join(joined[-1])
+        done = []
+        while run.rows:
+            done += run.step()
+        assert {id(s) for s in done} == {id(s) for s in joined}
+        for i, s in enumerate(joined):
+            alone = gpt.generate(m, [items[i][0]], [torch.Generator().manual_seed(20 + i)], s.options, frozenset())
+            assert s.tokens == alone.tokens[0] and s.finish_reason == alone.finish_reasons[0], i
+    assert len(joined[2].tokens) == 4 and len(joined[0].tokens) == 12
+
+
+def test_packed_layers_compute_what_the_model_computes_and_follow_weight_updates():
+    m = model(60)
+    with torch.inference_mode():
+        fast = gpt.packed(m, 20)
+        for rows in (1, 3, 8, 20, 40):  # plain GEMV, padded to 8, exactly 8, padded to 32, beyond the packs
+            x = torch.randint(0, 60, (rows, 5))
+            assert torch.allclose(fast(x), m(x), atol=1e-5), rows
+        assert gpt.packed(m, 20) is fast and gpt.packed(m, 1) is m
+    with torch.no_grad():
+        m.h[0].mlp.c_fc.weight.add_(0.5)  # as an optimizer step would
+    with torch.inference_mode():
+        again = gpt.packed(m, 20)
+        x = torch.randint(0, 60, (8, 5))
+        assert again is not fast and torch.allclose(again(x), m(x), atol=1e-5)
 
 
 def test_top_k_1_and_a_tiny_top_p_are_greedy():
@@ -79,12 +121,12 @@ def test_top_k_1_and_a_tiny_top_p_are_greedy():
 def test_filters_cut_what_they_should():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, -1.0]])
     seen = torch.tensor([[True, False, False, False, True]])
-    out = gpt._filter(logits, seen, gpt.SampleConfig(repetition_penalty=2.0))
+    out = gpt._filter(logits, seen, [gpt.SampleConfig(repetition_penalty=2.0)])
     assert out.tolist() == [[2.0, 3.0, 2.0, 1.0, -2.0]]  # CTRL: positive seen logits halved, negative doubled
-    out = gpt._filter(logits, seen, gpt.SampleConfig(top_k=2))
+    out = gpt._filter(logits, seen, [gpt.SampleConfig(top_k=2)])
     assert torch.isinf(out[0, 2:]).all() and torch.isfinite(out[0, :2]).all()
     p = logits.softmax(-1)[0]  # 0.64, 0.24, ...: top_p 0.7 keeps the first two
-    out = gpt._filter(logits, seen, gpt.SampleConfig(top_p=float(p[0] + 0.05)))
+    out = gpt._filter(logits, seen, [gpt.SampleConfig(top_p=float(p[0] + 0.05))])
     assert torch.isfinite(out[0, :2]).all() and torch.isinf(out[0, 2:]).all()
 
 
