@@ -198,6 +198,7 @@ class Decoder:
         self._prefill: int | None = None  # the slot being prefilled, during add()
         self._mask: torch.Tensor | None = None  # (n, 1, 1, span) additive, during step(); None: no key masked
         self._span = 0
+        self._rows = torch.arange(0)
 
     def add(self, ids: list[int]) -> torch.Tensor:
         """Prefill a new row with `ids`; the logits (V,) of its next token."""
@@ -231,8 +232,10 @@ class Decoder:
         if self._span > self.length:
             raise ModelError(f"a row reached the decoder's length of {self.length} tokens")
         keys = torch.arange(self._span, device=lens.device)[None, :] <= lens[:, None]  # (n, span): keys that exist
+        # Rows of equal length (one row, or prompts of one length) write one column and mask nothing.
         self._mask = None if bool(keys.all()) else torch.zeros(keys.shape, device=lens.device).masked_fill(
             ~keys, -math.inf)[:, None, None, :]
+        self._rows = torch.arange(self.n, device=lens.device)
         try:
             logits = self.model(tokens[:, None], lens[:, None], self)[:, -1]
         finally:
@@ -246,11 +249,15 @@ class Decoder:
             row, T = self._prefill, k.shape[2]
             self.k[layer, row, :, :T], self.v[layer, row, :, :T] = k[0], v[0]
             return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        n = q.shape[0]
-        rows, at = torch.arange(n, device=q.device), self.lens[:n]
-        self.k[layer, rows, :, at], self.v[layer, rows, :, at] = k[:, :, 0], v[:, :, 0]  # (n, H, D) each
-        keys, values = self.k[layer, :n, :, :self._span], self.v[layer, :n, :, :self._span]
-        mask = None if self._mask is None else self._mask.to(q.dtype)
+        n, span = q.shape[0], self._span
+        if self._mask is None:
+            self.k[layer, :n, :, span - 1], self.v[layer, :n, :, span - 1] = k[:, :, 0], v[:, :, 0]
+            mask = None
+        else:
+            at = self.lens[:n]
+            self.k[layer, self._rows, :, at], self.v[layer, self._rows, :, at] = k[:, :, 0], v[:, :, 0]  # (n, H, D)
+            mask = self._mask.to(q.dtype)
+        keys, values = self.k[layer, :n, :, :span], self.v[layer, :n, :, :span]
         return F.scaled_dot_product_attention(q, keys.to(q.dtype), values.to(q.dtype), attn_mask=mask)
 
 
