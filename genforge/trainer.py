@@ -254,13 +254,14 @@ def _prepare(config: RunConfig, procs: Processes, console: Console, family: Fami
 # ----------------------------------------------------------------------------- the loop
 
 def _keep_metrics_until(path: Path, step: int) -> None:
-    """On resume, drop what a crashed session logged after its last checkpoint (and a torn line)."""
+    """On resume, drop what a crashed session logged after its last checkpoint (and a torn line);
+    with no checkpoint (step 0) that is everything, the step-0 validation included."""
     if not path.is_file():
         return
     kept = []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
-            if json.loads(line)["step"] <= step:
+            if step > 0 and json.loads(line)["step"] <= step:
                 kept.append(line + "\n")
         except (ValueError, KeyError, TypeError):
             continue
@@ -426,6 +427,8 @@ class _Loop:
             with self.progress:
                 secs = self.elapsed()
                 self.progress.update(self.task, completed=self.progress_done(secs))
+                if procs.main and tc.val_every and self.step == 0:
+                    self.validate(secs)  # the untrained model: where the validation curve starts
                 while not self.finished(secs):
                     factor = lr_factor(tc, self.step, self.budget_used(secs))
                     s.opt.scale_lr(factor)

@@ -46,7 +46,7 @@ def test_training_and_evaluation_are_tracked_in_the_workspace_sqlite(data, track
     assert r.info.status == "FINISHED" and r.data.params["model.family"] == '"vae"'
     assert r.data.params["train.steps"] == "12" and r.data.tags["genforge.dataset"] == run.dataset_ref
     assert [m.step for m in c.get_metric_history(r.info.run_id, "train/nelbo")] == [3, 6, 9, 12]
-    assert [m.step for m in c.get_metric_history(r.info.run_id, "val/nelbo")] == [6, 12]
+    assert [m.step for m in c.get_metric_history(r.info.run_id, "val/nelbo")] == [0, 6, 12]
     logged = [m["nelbo"] for m in run.metrics() if m["split"] == "train"]
     assert [m.value for m in c.get_metric_history(r.info.run_id, "train/nelbo")] == pytest.approx(logged)
     evaluate_run(run.id, EvalOptions(n=40, seed=0))

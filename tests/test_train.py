@@ -75,7 +75,7 @@ def test_cli_train_and_generate_write_the_run(data, tmp_path):
     train_rows = [m for m in run.metrics() if m["split"] == "train"]
     assert [m["step"] for m in train_rows] == [3, 4, 6, 8]  # every log_every, and at each checkpoint
     assert {"loss", "lr", "items_per_s", "grad_norm", "time_s"} <= set(train_rows[0])
-    assert [m["step"] for m in run.metrics() if m["split"] == "val"] == [6, 8]
+    assert [m["step"] for m in run.metrics() if m["split"] == "val"] == [0, 6, 8]  # the untrained model first
 
     out = tmp_path / "gen"
     args = ["generate", run.id[:8], "--n", "6", "--label", "3", "--set", "sample.steps=4", "--set", "sample.guidance=2.0",
