@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from genforge.errors import GenforgeError
+from genforge.serve.keys_cli import keys_app
 
 SetOpt = typer.Option(None, "--set", help="override a config field: a.b=value (repeatable)")
 
@@ -30,6 +31,7 @@ def _root(tracking_uri: str = typer.Option(None, "--tracking-uri", envvar="MLFLO
 
 data_app = typer.Typer(help="Ingest, clean, split and gate datasets.", no_args_is_help=True)
 _app.add_typer(data_app, name="data")
+_app.add_typer(keys_app, name="keys")
 
 
 # ---- data -------------------------------------------------------------------------------
@@ -221,6 +223,15 @@ def run_cmd(config: Path = typer.Argument(..., help="run config YAML (see config
                   f"look at it:  {ui}   (runs, metrics, the model card)\n"
                   f"             genforge models; genforge history {result.registered}\n"
                   f"sample it:   genforge generate {result.run} --n 64", highlight=False)
+
+
+@_app.command("serve")
+def serve_cmd(config: Path = typer.Option(None, "--config", help="serve config YAML (default: every registered "
+                                          "model's champion, on 127.0.0.1:8000)"), set_: list[str] = SetOpt) -> None:
+    """The OpenAI-compatible API: /v1/completions, /v1/chat/completions, /v1/images/generations, /metrics."""
+    from genforge.serve.server import serve
+
+    serve(config, set_)
 
 
 @_app.command("sync")

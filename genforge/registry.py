@@ -322,11 +322,16 @@ def download(name: str, ref: str = CHAMPION, dst: Path | None = None) -> Path:
     """A version's model folder on local disk (`ref`: a version number or an alias), ready for `load_model`."""
     import mlflow.artifacts
 
-    c = client()
-    v = get_version(name, ref, c) if str(ref).isdigit() else _alias(c, name, ref)
+    v = resolve(name, ref)
     dst = Path(dst or tempfile.mkdtemp(prefix=f"genforge-{name}-v{v.version}-"))
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=v.source, dst_path=str(dst),
                                                     tracking_uri=tracking_uri()))
+
+
+def resolve(name: str, ref: str | int, c: Any = None) -> Version:
+    """The version `ref` names: a version number or an alias (what the service follows)."""
+    c = c or client()
+    return get_version(name, ref, c) if str(ref).isdigit() else _alias(c, name, str(ref))
 
 
 def _alias(c: Any, name: str, alias: str) -> Version:

@@ -210,6 +210,7 @@ class Family(Protocol):
     HEADLINE: str                      # the loss shown in progress and logs
     GRAD_SYNC: Literal["ddp", "optimizer"]  # "optimizer": gradients all-reduced in `opt.step` (double backward)
     TUNABLE: tuple[str, ...]           # `model:` fields a fine-tuning run (train.init_from) may change
+    REQUEST_OPTIONS: tuple[str, ...]   # `sample:` fields a remote request may set (never one that reads files)
 
     def optimizers(self, config: Any) -> dict[str, OptimizerSpec]:
         """Optimizer name -> the modules it updates and its own settings."""
@@ -238,7 +239,7 @@ class Family(Protocol):
         discriminator), else None."""
 
 
-_CONSTANTS = ("Config", "SampleConfig", "KINDS", "EMA", "HEADLINE", "GRAD_SYNC", "TUNABLE")
+_CONSTANTS = ("Config", "SampleConfig", "KINDS", "EMA", "HEADLINE", "GRAD_SYNC", "TUNABLE", "REQUEST_OPTIONS")
 _FUNCTIONS = ("optimizers", "fit", "encode", "build", "train_step", "val_loss", "sample", "health")
 
 
@@ -254,6 +255,10 @@ def check_family(module: ModuleType) -> None:
         got = list(inspect.signature(fn).parameters)
         if got != want:
             problems.append(f"{name}({', '.join(got)}) should take ({', '.join(want)})")
+    unknown = set(getattr(module, "REQUEST_OPTIONS", ())) - set(getattr(getattr(module, "SampleConfig", None),
+                                                                        "model_fields", {}))
+    if unknown:
+        problems.append(f"REQUEST_OPTIONS names fields SampleConfig lacks: {sorted(unknown)}")
     if getattr(module, "GRAD_SYNC", "ddp") not in ("ddp", "optimizer"):
         problems.append(f"GRAD_SYNC must be 'ddp' or 'optimizer', got {module.GRAD_SYNC!r}")
     if problems:

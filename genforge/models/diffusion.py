@@ -90,6 +90,7 @@ EMA = ("model",)
 HEADLINE = "loss"
 GRAD_SYNC = "ddp"
 TUNABLE = ("cond_drop",)  # model fields a fine-tuning run may change (the weights' shapes stay)
+REQUEST_OPTIONS = ("sampler", "steps", "eta", "guidance")  # sample options a remote request may set (the service)
 
 
 # ----------------------------------------------------------------------------- the UNet

@@ -63,6 +63,7 @@ EMA = ("generator",)
 HEADLINE = "d_loss"
 GRAD_SYNC = "optimizer"  # R1 differentiates D's input gradient: double backward, which DDP cannot run
 TUNABLE = ()  # model fields a fine-tuning run may change (the weights' shapes stay)
+REQUEST_OPTIONS = ("truncation",)  # sample options a remote request may set (the service)
 
 
 # ----------------------------------------------------------------------------- the networks

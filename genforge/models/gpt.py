@@ -92,6 +92,8 @@ HEADLINE = "loss"
 GRAD_SYNC = "ddp"
 # Fields an init_from run may change: they change what the model is fed, not the weights' shapes.
 TUNABLE = ("dropout", "format", "label_prompts", "lora")
+# Sample options a remote request may set (the service); the rest (quantize) are the operator's.
+REQUEST_OPTIONS = ("max_tokens", "temperature", "top_k", "top_p", "repetition_penalty", "stop")
 
 
 # ----------------------------------------------------------------------------- the network
@@ -572,12 +574,14 @@ def sample(modules: dict[str, nn.Module], spec: DataSpec, fitted: Fitted, reques
         net, precision = quantized(model), torch.autocast("cpu", enabled=False)  # int8 kernels take fp32 inputs
     with precision:
         got = generate(net, ids, item_generators(request.seeds), options, frozenset({tok.eot, tok.pad}), tok.decode)
-    texts = []
-    for toks in got.tokens:
-        text = tok.decode(toks)
-        cut = min((text.find(s) for s in options.stop if s in text), default=-1)
-        texts.append(text if cut < 0 else text[:cut])
+    texts = [cut_at_stop(tok.decode(toks), options.stop) for toks in got.tokens]
     return TextSamples(texts, prompts, got.finish_reasons, [len(t) for t in got.tokens])
+
+
+def cut_at_stop(text: str, stops: list[str]) -> str:
+    """The text before the first stop sequence in it (OpenAI's `stop`: never part of the output)."""
+    cut = min((text.find(s) for s in stops if s in text), default=-1)
+    return text if cut < 0 else text[:cut]
 
 
 def health(config: Config, window: dict[str, float]) -> str | None:

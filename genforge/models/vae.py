@@ -80,6 +80,8 @@ EMA = ("model",)
 HEADLINE = "nelbo"
 GRAD_SYNC = "ddp"
 TUNABLE = ("beta", "kl_warmup_steps")  # model fields a fine-tuning run may change (the weights' shapes stay)
+# Sample options a remote request may set (the service): not `reconstruct`, which reads a folder on the server.
+REQUEST_OPTIONS = ("temperature",)
 COLLAPSED_KL = 1e-4  # nats per dimension (0.08 per 28x28 digit): below this z carries next to nothing
 
 

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible service: app, routes, batching, keys and limits, metrics."""

@@ -1,0 +1,84 @@
+"""POST /v1/images/generations for the image families: the class as the prompt, `n`, `size` (the
+model's own), `seed`, and the family's options (steps, guidance, ...) as extra fields. Images come
+back as base64 PNGs (`b64_json`); genforge hosts no files, so `url` is refused."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import time
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from genforge.models import SampleRequest, item_seeds
+from genforge.outputs import to_pil
+from genforge.serve import metrics
+from genforge.serve.batching import ItemJob
+from genforge.serve.context import admit, bound, family_extras, options, seed_of, served, state
+from genforge.serve.errors import APIError
+from genforge.serve.protocol import ImageRequest
+
+router = APIRouter()
+
+
+def _png(chw: Any) -> str:
+    buf = io.BytesIO()
+    to_pil(chw.transpose(1, 2, 0)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+@router.post("/v1/images/generations")
+async def generate_images(req: ImageRequest, request: Request) -> Any:
+    st, started = state(request), time.perf_counter()
+    current = served(request, req.model, "image")
+    spec = current.model.spec
+    bound(req.n, st.config.limits.max_images, "n", "max_images")
+    if req.response_format != "b64_json":
+        raise APIError(400, "response_format must be b64_json: genforge returns images in the response and hosts "
+                            "no files", param="response_format", code="invalid_value")
+    size = f"{spec.width}x{spec.height}"
+    if req.size not in (None, size):
+        raise APIError(400, f"size {req.size!r} is not one this model makes; it makes {size}", param="size",
+                       code="invalid_value")
+    classes = list(spec.classes)
+    if classes:
+        prompt = req.prompt.strip()
+        if prompt and prompt not in classes:
+            raise APIError(400, f"prompt {prompt[:60]!r} is not a class of this model; its classes: {classes}",
+                           param="prompt", code="unknown_class")
+        labels = tuple([classes.index(prompt)] * req.n if prompt else [i % len(classes) for i in range(req.n)])
+    else:
+        if req.prompt.strip():
+            raise APIError(400, "this model is unconditional: leave prompt empty", param="prompt",
+                           code="invalid_value")
+        labels = None
+    chosen = family_extras(request, current, req.extras())
+    options(current, chosen)  # validated now, so a bad option is this request's 400, not its batch's failure
+    reservation = await admit(request, req.n)
+    loop = asyncio.get_running_loop()
+    job = ItemJob(SampleRequest(item_seeds(seed_of(req.seed), req.n), labels, options=chosen), loop,
+                  loop.create_future(), json.dumps(chosen, sort_keys=True))
+    try:
+        current.engine.submit(job)
+    except APIError:
+        await reservation.settle(0)
+        raise
+    timeout, samples = st.config.limits.request_timeout_s, None
+    try:
+        samples = await asyncio.wait_for(job.future, timeout)
+    except TimeoutError:
+        raise APIError(503, f"the images took longer than request_timeout_s ({timeout} s)", code="timeout",
+                       retry_after=5.0) from None
+    finally:
+        await reservation.settle(0 if samples is None else len(samples))
+    metrics.GENERATED.labels(current.name, "images").inc(len(samples))
+    names = [classes[y] if classes else "" for y in (samples.labels or [None] * len(samples))]
+    data = [{"b64_json": _png(img), "revised_prompt": name} for img, name in zip(samples.images, names)]
+    return JSONResponse({"created": int(time.time()), "model": current.name,
+                         "system_fingerprint": current.fingerprint, "data": data,
+                         "usage": {"images": len(data), "seconds": round(time.perf_counter() - started, 3)}},
+                        headers={"x-genforge-model-version": current.fingerprint})

@@ -1,0 +1,298 @@
+"""The service against real clients: the official `openai` package (and raw HTTP for what it cannot
+send) talking to `genforge serve` running in its own process on 127.0.0.1."""
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+import yaml
+from PIL import Image
+
+from genforge import registry
+from genforge.evaluation.pipeline import EvalOptions, evaluate_run
+from genforge.runconfig import parse_run_config
+from genforge.serve.keys import KeyStore
+from genforge.trainer import train
+from imagesets import digits, write_images
+from test_families import tiny_config
+from textsets import corpus, write_texts
+
+
+class Reply:
+    def __init__(self, status: int, headers: dict, data: bytes):
+        self.status_code, self.headers, self.content = status, headers, data
+        self.text = data.decode("utf-8", "replace")
+
+    def json(self):
+        return json.loads(self.content)
+
+
+def http(method: str, url: str, key: str | None = None, json_body=None, content: bytes | None = None) -> Reply:
+    """A raw request (what the openai client cannot send), with the standard library."""
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    if json_body is not None:
+        content, headers["Content-Type"] = json.dumps(json_body).encode(), "application/json"
+    req = urllib.request.Request(url, data=content, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return Reply(r.status, dict(r.headers), r.read())
+    except urllib.error.HTTPError as e:
+        return Reply(e.code, dict(e.headers), e.read())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`genforge serve` in a subprocess, ready when /readyz says so."""
+
+    def __init__(self, home: Path, config: dict, name: str = "serve"):
+        self.home, self.port = home, _free_port()
+        self.path = home / f"{name}.yaml"
+        self.path.write_text(yaml.safe_dump({**config, "port": self.port}))
+        self.log = open(home / f"{name}.log", "w")
+        env = {**os.environ, "GENFORGE_HOME": str(home), "GENFORGE_TRACKING": os.environ.get("GENFORGE_TRACKING", "off")}
+        self.proc = subprocess.Popen([sys.executable, "-m", "genforge", "serve", "--config", str(self.path)], env=env,
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, (home / f"{name}.log").read_text()[-3000:]
+            try:
+                if http("GET", self.url + "/readyz").status_code == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError("the server did not become ready:\n" + (home / f"{name}.log").read_text()[-3000:])
+
+    def client(self, key: str, **kw) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=key, max_retries=0, timeout=60, **kw)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory):
+    """A workspace with a tiny language model and a tiny conditional GAN, trained once."""
+    home = tmp_path_factory.mktemp("serve")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GENFORGE_HOME", str(home))
+    mp.setenv("GENFORGE_TRACKING", "off")
+    try:
+        texts, _ = corpus()
+        write_texts("corpus", texts, val=24)
+        x, y = digits(160)
+        write_images("digits", x, y, [str(i) for i in range(10)], val=32)
+        cfg = tiny_config("gpt", name="writer")
+        cfg["model"] = {**cfg["model"], "block_size": 64}
+        cfg["sample"] = {"max_tokens": 8}
+        train(parse_run_config(cfg))
+        train(parse_run_config(tiny_config("gan", name="digits-gan")))
+        for seed in (1, 2):  # two versions of a registered model, for the swap test
+            run = train(parse_run_config(tiny_config("gan", name="digits-reg", seed=seed))).name
+            evaluate_run(run, EvalOptions(n=32, seed=0))
+            registry.register(run, "digits-reg")
+    finally:
+        mp.undo()
+    return home
+
+
+CONFIG = {"models": [{"name": "writer", "run": "writer"}, {"name": "digits", "run": "digits-gan"}],
+          "limits": {"max_tokens": 32, "max_n": 4, "max_images": 8, "max_body_bytes": 20000},
+          "batching": {"max_batch": 8, "max_wait_ms": 5}, "reload_interval_s": 0}
+
+
+@pytest.fixture(scope="module")
+def server(home):
+    s = Server(home, {**CONFIG, "keys_db": str(home / "keys.db")})
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def key(home):
+    return KeyStore(home / "keys.db").create("tests")[0]
+
+
+def test_completions_chat_and_streaming_with_the_openai_client(server, key):
+    client = server.client(key)
+    assert {m.id for m in client.models.list().data} == {"writer", "digits"}
+    a = client.completions.create(model="writer", prompt="好", max_tokens=6, seed=1, temperature=0.9)
+    b = client.completions.create(model="writer", prompt="好", max_tokens=6, seed=1, temperature=0.9)
+    assert a.choices[0].text == b.choices[0].text and a.choices[0].finish_reason in ("stop", "length")
+    assert a.usage.completion_tokens <= 6 and a.usage.prompt_tokens >= 2
+    assert a.usage.total_tokens == a.usage.prompt_tokens + a.usage.completion_tokens
+    assert a.system_fingerprint.startswith("writer:") and a.model == "writer"
+    several = client.completions.create(model="writer", prompt=["好", "The"], n=2, max_tokens=4, seed=2)
+    assert [c.index for c in several.choices] == [0, 1, 2, 3]
+    # a chat answer streamed is the same answer as not streamed (one seed, one sequence of draws)
+    messages = [{"role": "system", "content": "你是客服"}, {"role": "user", "content": "质量怎么样"}]
+    whole = client.chat.completions.create(model="writer", messages=messages, max_tokens=8, seed=5)
+    chunks = list(client.chat.completions.create(model="writer", messages=messages, max_tokens=8, seed=5, stream=True,
+                                                 stream_options={"include_usage": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == whole.choices[0].message.content and whole.choices[0].message.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == whole.choices[0].finish_reason
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens
+    # genforge's knobs ride along as extra fields; unknown fields are accepted (and logged)
+    extra = client.completions.create(model="writer", prompt="好", max_tokens=4, seed=1,
+                                      extra_body={"top_k": 1, "repetition_penalty": 1.2, "not_a_field": True})
+    assert extra.choices[0].text is not None
+
+
+def test_images_come_back_as_pngs_of_the_asked_class(server, key):
+    client = server.client(key)
+    out = client.images.generate(model="digits", prompt="3", n=2, response_format="b64_json",
+                                 extra_body={"seed": 4, "truncation": 0.7})
+    assert len(out.data) == 2 and all(d.revised_prompt == "3" for d in out.data)
+    img = Image.open(io.BytesIO(base64.b64decode(out.data[0].b64_json)))
+    assert img.size == (28, 28)
+    again = client.images.generate(model="digits", prompt="3", n=2, extra_body={"seed": 4, "truncation": 0.7})
+    assert again.data[1].b64_json == out.data[1].b64_json  # per-item seeds: batching changes nothing
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.generate(model="digits", prompt="cat", n=1)
+    assert e.value.body["param"] == "prompt" and "'9'" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError, match="makes 28x28"):
+        client.images.generate(model="digits", prompt="3", size="1024x1024")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.images.generate(model="writer", prompt="3")
+    assert e.value.body["code"] == "wrong_model_kind"
+
+
+def test_errors_are_openai_error_bodies(server, key):
+    client = server.client(key)
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="writer", prompt="好", temperature=-1)
+    assert e.value.status_code == 400 and e.value.body["param"] == "temperature"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="writer", prompt="好", max_tokens=1000)
+    assert e.value.body["param"] == "max_tokens" and "max_tokens of 32" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="writer", prompt="好", n=5)
+    assert e.value.body["code"] == "max_n"
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="writer", prompt="好 " * 40, max_tokens=32)
+    assert e.value.body["code"] == "context_length_exceeded"
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="nope", prompt="好")
+    assert e.value.body["param"] == "model"
+    with pytest.raises(openai.AuthenticationError):
+        server.client("gf-not-a-key").models.list()
+    r = http("GET", server.url + "/v1/models")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
+    big = http("POST", server.url + "/v1/completions", key, {"model": "writer", "prompt": "x" * 30000})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "max_body_bytes"
+    bad = http("POST", server.url + "/v1/completions", key, content=b"{nope")
+    assert bad.status_code == 400 and set(bad.json()["error"]) == {"message", "type", "param", "code"}
+    assert http("GET", server.url + "/healthz").json() == {"status": "ok"}
+    assert http("GET", server.url + "/openapi.json").json()["paths"]["/v1/completions"]
+    assert http("GET", server.url + "/metrics").status_code == 401  # not public unless configured
+
+
+def test_revoked_keys_scopes_and_rate_limits(server, home):
+    store = KeyStore(home / "keys.db")
+    secret, rec = store.create("soon-revoked")
+    assert server.client(secret).models.list().data
+    store.revoke(rec.id)
+    with pytest.raises(openai.AuthenticationError):
+        server.client(secret).models.list()
+    scoped, _ = store.create("images-only", models=["digits"])
+    assert [m.id for m in server.client(scoped).models.list().data] == ["digits"]
+    with pytest.raises(openai.NotFoundError):
+        server.client(scoped).completions.create(model="writer", prompt="好")
+    limited, _ = store.create("slow", requests_per_minute=2)
+    client = server.client(limited)
+    client.models.list()
+    client.models.list()
+    with pytest.raises(openai.RateLimitError) as e:
+        client.completions.create(model="writer", prompt="好", max_tokens=2)
+    assert e.value.body["code"] == "requests_per_minute" and int(e.value.response.headers["retry-after"]) >= 1
+    few, _ = store.create("few-tokens", units_per_minute=10)
+    with pytest.raises(openai.BadRequestError) as e:
+        server.client(few).completions.create(model="writer", prompt="好", max_tokens=30)
+    assert e.value.body["code"] == "units_per_minute" and "can never fit" in e.value.body["message"]
+    metrics = http("GET", server.url + "/metrics", store.create("metrics-reader")[0]).text
+    assert 'genforge_refusals_total{reason="requests_per_minute"}' in metrics
+    assert 'genforge_served_version{model="writer"' in metrics and "genforge_generated_total" in metrics
+
+
+def test_two_workers_share_one_rate_limit(home):
+    srv = Server(home, {**CONFIG, "workers": 2, "keys_db": str(home / "keys.db")}, name="two-workers")
+    try:
+        secret, _ = KeyStore(home / "keys.db").create("shared", requests_per_minute=6)
+        codes: list[int] = []
+
+        def call() -> None:  # a new connection each: the kernel spreads them over both workers
+            codes.append(http("GET", srv.url + "/v1/models", secret).status_code)
+        threads = [threading.Thread(target=call) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(codes) == [200] * 6 + [429] * 10
+        pids = {json.loads(line)["pid"] for line in (home / "two-workers.log").read_text().splitlines()
+                if line.startswith("{") and '"msg": "request"' in line}
+        assert len(pids) == 2, pids  # both workers answered
+    finally:
+        srv.stop()
+
+
+def test_promotion_and_rollback_under_load_switch_versions_and_fail_no_request(home, key, monkeypatch):
+    monkeypatch.setenv("GENFORGE_HOME", str(home))
+    registry.promote("digits-reg", "1")
+    srv = Server(home, {"models": [{"name": "digits", "registry": "digits-reg"}], "reload_interval_s": 0.2,
+                        "keys_db": str(home / "keys.db")}, name="swap")
+    seen: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        client = srv.client(key)
+        while not stop.is_set():
+            try:
+                seen.append(client.images.generate(model="digits", prompt="7", n=2).model_extra["system_fingerprint"])
+            except Exception as e:  # noqa: BLE001 - any failure is what this test counts
+                failures.append(repr(e))
+
+    def wait_for(version: str) -> None:
+        deadline = time.monotonic() + 60
+        while not (seen and seen[-1] == f"digits:{version}"):
+            assert time.monotonic() < deadline, f"still {seen[-1:]} after 60 s"
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        wait_for("1")
+        registry.promote("digits-reg", "2")
+        wait_for("2")
+        assert [m.model_extra["version"] for m in srv.client(key).models.list().data] == ["2"]
+        registry.rollback("digits-reg")
+        wait_for("1")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        srv.stop()
+    assert failures == [] and len(seen) > 20
+    # version 1, then 2, then 1 again (requests in flight at a swap finish on the version they started on)
+    assert seen[0] == "digits:1" and seen.index("digits:2") < max(i for i, f in enumerate(seen) if f == "digits:1")
