@@ -52,6 +52,23 @@ def _imported(init_from: str | None) -> dict[str, Any]:
         return {}
 
 
+def _serving(run: Any) -> list[str]:
+    """How `genforge serve` exposes the model: its endpoint, what a prompt is, which options a request may set."""
+    from genforge.models import get_family, gpt
+    kind = run.data_spec.kind
+    options = ", ".join(f"`{o}`" for o in get_family(run.family).REQUEST_OPTIONS) or "none"
+    if kind == "text":
+        return ["`genforge serve`: `POST /v1/completions` and `POST /v1/chat/completions` (OpenAI's API). "
+                f"Chat template: {gpt.CHAT_TEMPLATE}.", f"Request options: {options}, `n`, `seed`, `stream`."]
+    if kind == "image":
+        classes = run.data_spec.classes
+        prompt = f"one of its classes {list(classes)} (empty: the classes in turn)" if classes else "empty"
+        return [f"`genforge serve`: `POST /v1/images/generations` (OpenAI's API); the prompt is {prompt}; "
+                f"`size` {run.data_spec.width}x{run.data_spec.height}.",
+                f"Request options (extra fields): {options}, `n`, `seed`."]
+    return [f"Request options: {options}."]
+
+
 def model_card(run: Any, evaluation: dict[str, Any], manifest: dict[str, Any], name: str) -> str:
     """The card of `run` (a loaded Run) registered as `name`, from its evaluation's metrics.json and its
     dataset's manifest."""
@@ -88,6 +105,9 @@ def model_card(run: Any, evaluation: dict[str, Any], manifest: dict[str, Any], n
         "",
         *_metrics(evaluation),
         *([""] + [f"- warning: {w}" for w in evaluation.get("warnings", [])] if evaluation.get("warnings") else []),
+        "",
+        "## Serving",
+        *_serving(run),
         "",
         "## Licences",
         f"- Training data: {source.get('licence') or 'not recorded at ingest: check the source before use'}",

@@ -578,6 +578,15 @@ def sample(modules: dict[str, nn.Module], spec: DataSpec, fitted: Fitted, reques
     return TextSamples(texts, prompts, got.finish_reasons, [len(t) for t in got.tokens])
 
 
+CHAT_TEMPLATE = ("the messages' contents, in order, one per line, are the prompt (roles are not rendered: "
+                 "genforge's language models learn one turn); the model continues it")
+
+
+def chat_prompt(contents: list[str]) -> str:
+    """A chat's messages as the prompt the model continues (`CHAT_TEMPLATE`; the service's chat route)."""
+    return "\n".join(contents)
+
+
 def cut_at_stop(text: str, stops: list[str]) -> str:
     """The text before the first stop sequence in it (OpenAI's `stop`: never part of the output)."""
     cut = min((text.find(s) for s in stops if s in text), default=-1)

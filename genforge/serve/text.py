@@ -1,9 +1,9 @@
 """POST /v1/completions and /v1/chat/completions for language models (continuous batching in
 `batching.TextEngine`), with streaming by server-sent events.
 
-Chat template (also in every text model's card): the messages' contents, in order, one per line,
-become the prompt; the model continues it (a prompt/completion model: as its prompt). genforge's
-models are trained on one turn, so roles are not rendered.
+Chat template (`gpt.CHAT_TEMPLATE`, also in every text model's card): the messages' contents, in
+order, one per line, become the prompt the model continues (a prompt/completion model: as its
+prompt).
 """
 
 from __future__ import annotations
@@ -26,13 +26,6 @@ from genforge.serve.models import Served
 from genforge.serve.protocol import ChatRequest, CompletionRequest, Sampling
 
 router = APIRouter()
-CHAT_TEMPLATE = "the messages' contents, in order, one per line; roles are not rendered"
-
-
-def chat_prompt(req: ChatRequest) -> str:
-    return "\n".join(m.text() for m in req.messages)
-
-
 async def _start(request: Request, req: Sampling, prompts: list[str]) -> tuple[Served, list[TextJob], Reservation,
                                                                               asyncio.Queue, int]:
     """Validate, reserve the key's units, and put every sequence on the engine."""
@@ -186,4 +179,4 @@ async def completions(req: CompletionRequest, request: Request) -> Any:
 
 @router.post("/v1/chat/completions")
 async def chat_completions(req: ChatRequest, request: Request) -> Any:
-    return await _respond(request, req, [chat_prompt(req)], chat=True)
+    return await _respond(request, req, [gpt.chat_prompt([m.text() for m in req.messages])], chat=True)
