@@ -93,6 +93,18 @@ def test_a_request_joining_a_running_batch_with_its_own_options_gets_what_it_get
     assert len(joined[2].tokens) == 4 and len(joined[0].tokens) == 12
 
 
+def test_a_cancelled_sequence_leaves_at_the_next_step():
+    m = model(60)
+    with torch.inference_mode():
+        run = gpt.Generation(m, 2, 32)
+        a, b = (gpt.Sequence([1, 2], gpt.SampleConfig(max_tokens=10), torch.Generator().manual_seed(i)) for i in (0, 1))
+        run.join(a)
+        run.join(b)
+        run.step()
+        a.cancelled = True
+        assert run.step() == [a] and a.finish_reason == "cancelled" and len(a.tokens) == 1 and run.rows == [b]
+
+
 def test_packed_layers_compute_what_the_model_computes_and_follow_weight_updates():
     m = model(60)
     with torch.inference_mode():

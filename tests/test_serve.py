@@ -116,7 +116,8 @@ def home(tmp_path_factory):
 
 
 CONFIG = {"models": [{"name": "writer", "run": "writer"}, {"name": "digits", "run": "digits-gan"}],
-          "limits": {"max_tokens": 32, "max_n": 4, "max_images": 8, "max_body_bytes": 20000},
+          "limits": {"max_tokens": 32, "max_n": 4, "max_images": 8, "max_body_bytes": 20000, "max_prompt_tokens": 48,
+                     "max_streams": 1},
           "batching": {"max_batch": 8, "max_wait_ms": 5}, "reload_interval_s": 0}
 
 
@@ -188,9 +189,14 @@ def test_errors_are_openai_error_bodies(server, key):
     with pytest.raises(openai.BadRequestError) as e:
         client.completions.create(model="writer", prompt="好", n=5)
     assert e.value.body["code"] == "max_n"
+    tok = _tokenizer(server.home)
+    prompt = next(p for p in ("好" * k for k in range(1, 200)) if len(tok.encode(p)) + 1 > 40)  # 41-48 tokens
     with pytest.raises(openai.BadRequestError) as e:
-        client.completions.create(model="writer", prompt="好 " * 40, max_tokens=32)
-    assert e.value.body["code"] == "context_length_exceeded"
+        client.completions.create(model="writer", prompt=prompt, max_tokens=32)
+    assert e.value.body["code"] == "context_length_exceeded" and "context of 64 tokens" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model="writer", prompt=prompt * 2, max_tokens=4)
+    assert e.value.body["code"] == "max_prompt_tokens" and e.value.body["param"] == "prompt"
     with pytest.raises(openai.NotFoundError) as e:
         client.completions.create(model="nope", prompt="好")
     assert e.value.body["param"] == "model"
@@ -205,6 +211,43 @@ def test_errors_are_openai_error_bodies(server, key):
     assert http("GET", server.url + "/healthz").json() == {"status": "ok"}
     assert http("GET", server.url + "/openapi.json").json()["paths"]["/v1/completions"]
     assert http("GET", server.url + "/metrics").status_code == 401  # not public unless configured
+
+
+def _tokenizer(home: Path):
+    from genforge.runs import load_run
+    from genforge.tokenizer import TextTokenizer
+    mp = pytest.MonkeyPatch()
+    mp.setenv("GENFORGE_HOME", str(home))
+    try:
+        return TextTokenizer.from_fitted(load_run("writer").model().fitted)
+    finally:
+        mp.undo()
+
+
+def test_concurrent_streams_are_bounded(server, key):
+    """max_streams is 1: of streams started together, those that find one running get 429 max_streams."""
+    client = server.client(key)
+    refusals: list[str] = []
+    texts: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def stream() -> None:
+        barrier.wait()
+        try:
+            chunks = client.completions.create(model="writer", prompt="好", max_tokens=32, n=4, stream=True)
+            texts.append("".join(c.choices[0].text for c in chunks if c.choices))
+        except openai.RateLimitError as e:
+            refusals.append(e.body["code"])
+    for _ in range(5):
+        threads = [threading.Thread(target=stream) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if refusals:
+            break
+    assert refusals and set(refusals) == {"max_streams"} and texts  # refused ones named the bound; others ran
+    assert len(list(client.completions.create(model="writer", prompt="好", max_tokens=4, stream=True))) >= 2
 
 
 def test_revoked_keys_scopes_and_rate_limits(server, home):

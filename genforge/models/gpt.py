@@ -364,9 +364,13 @@ class Sequence:
     stop_ids: frozenset[int] = frozenset()
     decode: "Callable[[list[int]], str] | None" = None  # for stop texts
     tokens: list[int] = field(default_factory=list)
-    finish_reason: str | None = None  # "stop" or "length" once done
+    finish_reason: str | None = None  # "stop" or "length" once done; "cancelled" if cancelled
+    cancelled: bool = False  # set from another thread (a client went away): leaves at the next step
 
     def accept(self, token: int) -> None:
+        if self.cancelled:
+            self.finish_reason = "cancelled"
+            return
         if token in self.stop_ids:
             self.finish_reason = "stop"
             return

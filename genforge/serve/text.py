@@ -85,10 +85,18 @@ async def _collect(request: Request, current: Served, jobs: list[TextJob], event
         raise APIError(503, f"the answer took longer than request_timeout_s ({timeout} s)", code="timeout",
                        retry_after=5.0) from None
     finally:
+        _cancel(jobs)
         used = sum(len(j.seq.prompt) + len(j.seq.tokens) for j in jobs)
         await reservation.settle(used)
         _account(current, jobs, started)
     return out
+
+
+def _cancel(jobs: list[TextJob]) -> None:
+    """Sequences nobody waits for any more (a timeout, a client gone) leave the batch at the next step."""
+    for j in jobs:
+        if j.seq.finish_reason is None:
+            j.seq.cancelled = True
 
 
 def _account(current: Served, jobs: list[TextJob], started: float) -> None:
@@ -140,7 +148,8 @@ async def _stream(request: Request, current: Served, jobs: list[TextJob], events
         yield "data: [DONE]\n\n"
     except TimeoutError:
         yield _sse(body(503, "the answer took longer than request_timeout_s", code="timeout"))
-    finally:
+    finally:  # also when the client disconnects: the generator is closed
+        _cancel(jobs)
         await reservation.settle(sum(len(j.seq.prompt) + len(j.seq.tokens) for j in jobs))
         _account(current, jobs, started)
         st.streams.release()
