@@ -1,6 +1,10 @@
 """Table ingest: type inference and overrides, missing values, duplicates, PII, round-tripping types."""
 
 import json
+import random
+import re
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,9 +14,11 @@ from genforge.config import load_config
 from genforge.data.ingest import ingest
 from genforge.data.options import IngestConfig
 from genforge.data.store import open_dataset
-from genforge.data.table import infer_type
+from genforge.data.pii import PiiSpan, fake_pii, find_pii
+from genforge.data.table import NumberFormat, convert, infer_type, number_format
 from genforge.errors import ConfigError, DataError
 
+ORDERS = Path(__file__).parent / "data" / "orders_gbk.csv"  # as Excel exports it: GBK, Chinese headers, 40 orders
 SMALL_GATE = ["gate.min_examples=1", "gate.min_per_class=1", "gate.max_missing_share=0.6"]
 CN_ID = "11010519491231002X"
 
@@ -60,16 +66,20 @@ def test_mixed_table_each_case_handled_and_reported(mixed):
     cols = columns(m)
     assert {n: c["type"] for n, c in cols.items()} == {
         "id": "id", "name": "text", "age": "text", "joined": "datetime", "active": "boolean", "city": "categorical",
-        "score": "numeric", "zip": "id", "contact": "text", "notes": "text"}
+        "score": "numeric", "zip": "id", "notes": "text"}
     assert {n: c["missing"] for n, c in cols.items()} == {
-        "id": 0, "name": 0, "age": 1, "joined": 1, "active": 1, "city": 0, "score": 1, "zip": 0, "contact": 4, "notes": 3}
-    assert m.cleaning["missing_values"]["contact"] == 4 and m.counts["missing_cells"] == 11
+        "id": 0, "name": 0, "age": 1, "joined": 1, "active": 1, "city": 0, "score": 1, "zip": 0, "notes": 3}
+    assert m.cleaning["missing_values"]["notes"] == 3 and m.counts["missing_cells"] == 7
+    # contact holds only e-mail addresses: a PII column, excluded by default; notes only mentions PII
+    assert m.data_schema["excluded_columns"] == [{"name": "contact", "reason": "PII column (table.pii_columns=exclude)", "pii": {
+        "types": {"email": 3}, "pii_values": 3, "values": 3, "other_values": 0, "handling": "exclude"}}]
+    assert (m.counts["columns"], m.counts["excluded_columns"]) == (9, 1) and "contact" not in frame.columns
     assert "mixed: 5 of 6 values are numbers" in cols["age"]["note"] and "first at row 4" in cols["age"]["note"]
     assert cols["city"]["categories"] == ["Beijing", "Shanghai", "Shenzhen"]
     assert (cols["score"]["min"], cols["score"]["max"]) == (55.0, 92.0)
     assert (cols["joined"]["min"], cols["joined"]["max"]) == ("2023-01-05T00:00:00", "2023-08-15T00:00:00")
     assert (cols["active"]["true"], cols["active"]["false"]) == (3, 3)
-    assert res.gate.passed and [r.figure for r in res.gate.rules if r.rule == "max_missing_share"] == [pytest.approx(4 / 7)]
+    assert res.gate.passed and [r.figure for r in res.gate.rules if r.rule == "max_missing_share"] == [pytest.approx(3 / 7)]
 
     pii = m.cleaning["pii"]
     assert {t: pii[t]["found"] for t in ("email", "phone", "id_card", "credit_card")} == {"email": 3, "phone": 1, "id_card": 2, "credit_card": 0}
@@ -78,7 +88,7 @@ def test_mixed_table_each_case_handled_and_reported(mixed):
     # types survive the parquet round trip, categories are shared by every split
     dtypes = {c: str(t) for c, t in ds.frame("train").dtypes.items()}
     assert dtypes == {"id": "Int64", "name": "string", "age": "string", "joined": "datetime64[us]", "active": "boolean",
-                      "city": "category", "score": "float64", "zip": "string", "contact": "string", "notes": "string"}
+                      "city": "category", "score": "float64", "zip": "string", "notes": "string"}
     for s in ("train", "val", "test"):
         assert list(ds.frame(s)["city"].cat.categories) == ["Beijing", "Shanghai", "Shenzhen"]
     row = frame.set_index("id").loc[3]
@@ -101,9 +111,26 @@ def test_pii_redaction_in_string_columns(mixed):
     res, _, frame = run(mixed, "pii.redact=true", "gate.max_unreadable_share=0.2")
     by_id = frame.set_index("id")
     assert by_id.loc[2, "notes"] == "call [PHONE]" and by_id.loc[4, "notes"] == "ID [ID_CARD]"
-    assert set(by_id["contact"].dropna()) == {"[EMAIL]"} and columns(res.manifest)["contact"]["type"] == "categorical"
+    assert "contact" not in frame.columns  # a PII column is excluded, redacted or not
     assert by_id.loc[5, "notes"] == "plain 20231001 2023-10-01"  # numbers and dates left alone
     assert "alice@example.com" not in json.dumps(res.manifest.to_json())
+
+    # kept on request (a false positive), it is redacted like any other column
+    res, _, frame = run(mixed, "pii.redact=true", "gate.max_unreadable_share=0.2", "table.keep_pii_columns=[contact]", name="k")
+    assert set(frame["contact"].dropna()) == {"[EMAIL]"} and columns(res.manifest)["contact"]["type"] == "categorical"
+    assert res.manifest.cleaning["pii_columns"]["count"] == 0 and res.manifest.data_schema["excluded_columns"] == []
+    assert res.manifest.cleaning["pii_columns"]["kept"]["contact"]["handling"] == "kept (table.keep_pii_columns)"
+
+    # faked: same shape, never a real address; the label column cannot be a PII column
+    res, _, frame = run(mixed, "gate.max_unreadable_share=0.2", "table.pii_columns=fake", name="f")
+    fakes, real = list(frame.set_index("id")["contact"].dropna().sort_index()), ["alice@example.com", "carol@example.org", "eve@example.com"]
+    assert [len(f) for f in fakes] == [len(r) for r in real] and not set(fakes) & set(real)
+    assert all(find_pii(f)[0].type == "email" and f.endswith((".com", ".org")) for f in fakes)
+    assert columns(res.manifest)["contact"]["type"] == "id" and columns(res.manifest)["contact"]["pii"]["handling"] == "fake"
+    with pytest.raises(ConfigError, match="table.label_column='contact' is a PII column"):
+        run(mixed, "gate.max_unreadable_share=0.2", "table.label_column=contact", name="l")
+    with pytest.raises(ConfigError, match="table.keep_pii_columns names columns that .* does not have: mail"):
+        run(mixed, "table.keep_pii_columns=[mail]", name="l")
 
 
 def test_type_overrides(mixed):
@@ -147,11 +174,30 @@ def test_label_column_stratifies_and_duplicates_can_be_kept(mixed):
     (["2023年10月1日", "2024年1月15日 08:30"], "日期", "datetime"),
     (["a", "b", "a", "b", "c", "c"], "x", "categorical"),
     (["Alice", "Bob", "Carol"], "name", "text"),
+    (["1,234.50", "442,820", "88", "-1,000"], "金额", "numeric"),  # thousands separators
+    (["12%", "7.5%", "0%", "12%"], "折扣率", "numeric"),  # percentages
+    (["12%", "7", "12%", "7"], "x", "categorical"),  # some in %, some not: different scales
+    (["1,23", "4,56", "1,23", "4,56"], "x", "categorical"),  # a decimal comma is not a thousands separator
+    (["2023001", "2023002", "2023003"], "订单号", "id"),
     (["A-001", "A-002", "A-003"], "sku", "id"),
     ([None, None], "empty", "text"),
 ])
 def test_inference_rules(values, name, expected):
     assert infer_type(name, pd.Series(values, dtype=object), max_categories=50)[0] == expected
+
+
+def test_formatted_numbers_parse_and_keep_their_format():
+    amounts = pd.Series(["1,234.50", "442,820", "abc", None], dtype=object)  # as an override to numeric sees them
+    fmt = number_format(amounts)
+    assert fmt == NumberFormat(thousands_separator=True, percent=False, decimals=2)
+    parsed = convert(amounts, "numeric", fmt)  # 'abc' becomes a missing value (ingest counts it)
+    assert str(parsed.dtype) == "float64" and parsed.tolist()[:2] == [1234.5, 442820.0] and parsed.isna().tolist()[2:] == [True, True]
+    ints = pd.Series(["1,000", "22,000", "5"], dtype=object)
+    assert convert(ints, "numeric", number_format(ints)).astype(object).tolist() == [1000, 22000, 5]  # still Int64
+    rates = pd.Series(["12%", "7.5%", "-1%"], dtype=object)
+    assert convert(rates, "numeric", number_format(rates)).tolist() == pytest.approx([0.12, 0.075, -0.01])
+    assert number_format(pd.Series(["12%", "7"], dtype=object)) is None  # mixed scales
+    assert number_format(pd.Series(["12", "7"], dtype=object)) is None  # plain numbers need no format
 
 
 def test_typed_sources_keep_their_types(tmp_path):
@@ -169,12 +215,17 @@ def test_typed_sources_keep_their_types(tmp_path):
     res, ds, frame = run(p)
     cols = columns(res.manifest)
     assert {n: c["type"] for n, c in cols.items()} == {"when": "datetime", "ok": "boolean", "n": "numeric", "f": "numeric",
-                                                       "grade": "categorical", "order_id": "id", "phone": "numeric"}
-    assert res.manifest.cleaning["pii"]["phone"]["found"] == 4  # integer columns are scanned too
+                                                       "grade": "categorical", "order_id": "id"}
+    assert res.manifest.cleaning["pii"]["phone"]["found"] == 4  # integer columns are scanned too...
+    assert [c["name"] for c in res.manifest.data_schema["excluded_columns"]] == ["phone"]  # ...and a PII column is never modelled
     frame = frame.sort_values("order_id").reset_index(drop=True)
     assert str(frame["when"].dtype).startswith("datetime64") and pd.isna(frame.loc[1, "when"])
     assert frame["n"].dtype == "Int64" and frame["ok"].dtype == "boolean" and frame["grade"].dtype == "category"
     assert frame["f"].isna().sum() == 1 and cols["n"]["missing"] == 1
+
+    _, _, faked = run(p, "table.pii_columns=fake", name="f")
+    assert faked["phone"].dtype == "Int64" and not set(faked["phone"]) & set(src["phone"])
+    assert all(re.fullmatch(r"1[3-9][0-9]{9}", str(x)) for x in faked["phone"])
 
 
 def test_gbk_csv_is_detected(tmp_path):
@@ -198,3 +249,92 @@ def test_builtin_penguins():
     assert cols["bill_length_mm"]["missing"] == 2 and m.data_schema["label_column"] == "species"
     assert res.gate.passed and sum(m.split["sizes"].values()) == 344
     assert ingest("builtin:penguins", "penguins", IngestConfig()).manifest.version == m.version
+
+
+def _mobile_core(value):
+    """The 11 digits of a Chinese mobile number however it is written (+86 138 1234 5678)."""
+    return re.sub(r"[^0-9]", "", value)[-11:]
+
+
+@pytest.mark.parametrize("mode", ["exclude", "fake"])
+def test_business_export_gbk_orders(mode):
+    """The order table from the issue: amounts with thousands separators and percentages are numbers
+    (the schema says what was removed), the mobile column is PII and never reaches a model."""
+    res, _, frame = run(ORDERS, f"table.pii_columns={mode}", name=f"orders-{mode}")
+    m, cols = res.manifest, columns(res.manifest)
+    assert m.source["encoding"] == "gb18030" and m.counts["kept"] == 40
+    assert {n: (c["type"], c["dtype"]) for n, c in cols.items() if n != "客户手机"} == {
+        "订单号": ("id", "string"), "下单日期": ("datetime", "datetime64[us]"), "金额": ("numeric", "float64"),
+        "折扣率": ("numeric", "float64"), "地区": ("categorical", "category")}
+    assert cols["金额"]["format"] == {"thousands_separator": ",", "percent": False, "decimals": 2,
+                                      "stripped": ["thousands separators ',' removed"]}
+    assert cols["折扣率"]["format"] == {"thousands_separator": None, "percent": True, "decimals": 1,
+                                       "stripped": ["'%' removed, value divided by 100 (12% -> 0.12)"]}
+    assert "thousands separators ',' removed" in cols["金额"]["rule"] and "divided by 100" in cols["折扣率"]["rule"]
+    by_order = frame.set_index("订单号")
+    assert by_order.loc["DD2023000001", "金额"] == 1234.5 and by_order.loc["DD2023000002", "金额"] == 442820.0
+    assert by_order.loc["DD2023000003", "折扣率"] == pytest.approx(0.12) and by_order["折扣率"].max() == pytest.approx(0.3)
+    assert m.cleaning["pii"]["phone"]["columns"] == {"客户手机": 40}
+    pii = {"types": {"phone": 40}, "pii_values": 40, "values": 40, "other_values": 0, "handling": mode}
+    assert m.cleaning["pii_columns"] == {"count": 1, "handling": mode, "min_share": 0.5, "columns": {"客户手机": pii}, "kept": {}}
+
+    real = pd.read_csv(ORDERS, encoding="gbk", dtype=str).set_index("订单号")["客户手机"]
+    if mode == "exclude":
+        assert "客户手机" not in frame.columns and m.data_schema["excluded_columns"][0]["name"] == "客户手机"
+    else:
+        assert (cols["客户手机"]["type"], cols["客户手机"]["source"], cols["客户手机"]["pii"]) == ("id", "pii", pii)
+        fake = by_order["客户手机"]
+        for order, value in fake.items():  # same layout, a valid mobile number, never the real one
+            original = real[order]
+            assert len(value) == len(original) and re.sub(r"[0-9]", "9", value) == re.sub(r"[0-9]", "9", original)
+            assert value.startswith("+86 ") == original.startswith("+86 ") and re.fullmatch(r"1[3-9][0-9]{9}", _mobile_core(value))
+        assert not {_mobile_core(v) for v in fake} & {_mobile_core(v) for v in real}
+        again, _, _ = run(ORDERS, f"table.pii_columns={mode}", name=f"orders-{mode}")
+        assert again.manifest.version == m.version and not again.created  # seeded: the same fakes every time
+    assert not any(_mobile_core(v) in json.dumps(m.to_json(), ensure_ascii=False) for v in real)
+
+
+@pytest.mark.parametrize("value, kind", [
+    ("13812345678", "phone"), ("+86 138-1234-5678", "phone"), ("010-12345678", "phone"), ("(555) 123-4567", "phone"),
+    ("alice.smith@example.com", "email"), (CN_ID, "id_card"), ("4111 1111 1111 1111", "credit_card"),
+])
+def test_fake_pii_keeps_the_format(value, kind):
+    span = find_pii(value)[0]
+    assert (span.type, span.value) == (kind, value)
+    fakes = [fake_pii(span, random.Random(seed)) for seed in range(20)]
+    for fake in fakes:
+        again = find_pii(fake)
+        assert len(fake) == len(value) and [(s.type, s.value) for s in again] == [(kind, fake)]  # still valid of its type
+        if kind != "email":  # digits where digits were (an ID's check character may be X or a digit)
+            assert re.sub(r"[0-9X]", "9", fake) == re.sub(r"[0-9X]", "9", value)
+    assert len(set(fakes)) == 20 and value not in fakes
+    assert fake_pii(span, random.Random(1)) == fake_pii(span, random.Random(1))
+    assert fake_pii(PiiSpan("phone", 0, 11, "13812345678"), random.Random(0))[:1] == "1"
+
+
+def _wide_csv(path, n_columns, n_rows=5):
+    rng = random.Random(0)
+    lines = [",".join(f"c{i}" for i in range(n_columns))]
+    lines += [",".join(str(rng.randint(0, 999)) for _ in range(n_columns)) for _ in range(n_rows)]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_too_many_columns_refused_before_the_work(tmp_path):
+    wide = _wide_csv(tmp_path / "wide.csv", 20000)
+    start = time.monotonic()
+    with pytest.raises(DataError, match=r"has 20000 columns, more than table.max_columns=2000; .*--set table.max_columns=20000"):
+        run(wide)
+    assert time.monotonic() - start < 20  # a generous guard: the refusal comes before any per-column work
+
+    p = tmp_path / "w.parquet"
+    pd.DataFrame({f"c{i}": [1, 2] for i in range(5)}).to_parquet(p, index=False)
+    with pytest.raises(DataError, match="has 5 columns, more than table.max_columns=4"):
+        run(p, "table.max_columns=4")
+    with pytest.raises(ConfigError, match="max_columns"):
+        run(p, "table.max_columns=0")
+
+    start = time.monotonic()
+    res, _, frame = run(_wide_csv(tmp_path / "w3000.csv", 3000), "table.max_columns=3000", name="w")
+    assert time.monotonic() - start < 120  # per-column work is linear and light (seconds here)
+    assert res.manifest.counts["columns"] == 3000 and frame.shape == (5, 3000) and str(frame["c0"].dtype) == "Int64"

@@ -42,6 +42,10 @@ class TableOptions(StrictModel):
     drop_duplicate_rows: bool = True
     encoding: str = Field("auto", description="csv encoding: 'auto' detects (see text.encoding); anything else is used as given")
     max_categories: int = Field(50, ge=1, description="a string column with at most this many distinct, repeating values is categorical")
+    max_columns: int = Field(2000, ge=1, description="a table with more columns is refused before any per-column work (wide files cost time and memory per column); raise it for wider tables")
+    pii_columns: Literal["exclude", "fake"] = Field("exclude", description="a PII column (see pii_column_share) is never learned from: exclude drops it from the dataset; fake replaces each PII value by a random one of the same format (seeded by split.seed and the column name), never a real one")
+    pii_column_share: float = Field(0.5, gt=0.0, le=1.0, description="a column is a PII column when at least this share of its non-missing values are each one whole PII value (phone, e-mail, ID or card number)")
+    keep_pii_columns: list[str] = Field(default_factory=list, description="PII columns treated like any other column, neither excluded nor faked (for false positives); recorded in the manifest")
 
 
 class PiiOptions(StrictModel):

@@ -21,7 +21,9 @@ Values found are never written to any report, only their type, count and row.
 
 from __future__ import annotations
 
+import random
 import re
+import string
 from collections import Counter
 from dataclasses import dataclass
 from datetime import date
@@ -132,6 +134,62 @@ def redact(text: str, spans: list[PiiSpan] | None = None) -> str:
         out += [text[pos:s.start], PLACEHOLDERS[s.type]]
         pos = s.end
     return "".join(out) + text[pos:]
+
+
+def _scramble(text: str, rng: random.Random) -> str:
+    """Each ASCII digit and letter replaced by a random one of its kind and case; the rest kept."""
+    out = []
+    for ch in text:
+        if "0" <= ch <= "9":
+            ch = rng.choice(string.digits)
+        elif "a" <= ch <= "z":
+            ch = rng.choice(string.ascii_lowercase)
+        elif "A" <= ch <= "Z":
+            ch = rng.choice(string.ascii_uppercase)
+        out.append(ch)
+    return "".join(out)
+
+
+def _with_digits(template: str, digits: str) -> str:
+    """`template` with its ASCII digits replaced, in order, by `digits` (separators kept)."""
+    it = iter(digits)
+    return "".join(next(it) if "0" <= ch <= "9" else ch for ch in template)
+
+
+def _random_digits(n: int, rng: random.Random) -> str:
+    return "".join(rng.choice(string.digits) for _ in range(n))
+
+
+def fake_pii(span: PiiSpan, rng: random.Random) -> str:
+    """A random value of the same type and format as `span.value`, for a table column of PII that
+    is kept in form but not in substance. Kept: length, separators, letter case and where the
+    digits are; an e-mail's top-level domain; a Chinese mobile number's +86/0086 prefix and
+    1[3-9] start; another phone's first digit group (country or area code) when it has several;
+    a card's 4-digit issuer prefix (the Luhn digit is recomputed); for an ID number a random
+    region, a real birth date (1940-2005) and a correct check character. The result depends only
+    on `rng`, never on the digits it replaces, and may equal the real value by chance: callers
+    that must never emit a real value compare and draw again."""
+    v = span.value
+    digits = "".join(ch for ch in v if "0" <= ch <= "9")
+    if span.type == "email":
+        local, _, domain = v.rpartition("@")
+        labels = domain.split(".")
+        return _scramble(local, rng) + "@" + ".".join([_scramble(x, rng) for x in labels[:-1]] + labels[-1:])
+    if span.type == "id_card":
+        birth = date.fromordinal(rng.randint(date(1940, 1, 1).toordinal(), date(2005, 12, 31).toordinal()))
+        body = str(rng.randint(1, 8)) + _random_digits(5, rng) + birth.strftime("%Y%m%d") + _random_digits(3, rng)
+        check = _ID_CHECK[sum(int(d) * w for d, w in zip(body, _ID_WEIGHTS)) % 11]
+        return body + (check.lower() if v[-1] == "x" else check)
+    if span.type == "credit_card":
+        body = digits[:4] + _random_digits(len(digits) - 5, rng)
+        check = next(d for d in string.digits if luhn_ok(body + d))
+        return _with_digits(v, body + check)
+    if _PHONES[0].fullmatch(v):  # Chinese mobile: the last 11 digits are 1[3-9]XXXXXXXXX
+        prefix = digits[:-11]
+        return _with_digits(v, prefix + "1" + rng.choice("3456789") + _random_digits(9, rng))
+    groups = re.findall(r"[0-9]+", v)
+    keep = len(groups[0]) if len(groups) > 1 else 1
+    return _with_digits(v, digits[:keep] + rng.choice("23456789") + _random_digits(len(digits) - keep - 1, rng))
 
 
 class PiiTally:
