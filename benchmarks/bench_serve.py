@@ -10,7 +10,8 @@ threads each sending one request at a time (a closed loop). Models (random weigh
 not depend on training; a 1-step run gives a real run folder with a tokenizer):
 - text: GPT-2 layout, 8 layers, width 512, 8 heads, 512 positions, an 8,000-token BPE vocabulary
   trained on the built-in reviews (about 30M parameters); requests `/v1/completions` with a review's
-  first characters as the prompt, `max_tokens` 64, temperature 1;
+  first characters as the prompt, `max_tokens` 64, plain sampling on both servers (temperature 1,
+  top_p 1, no repetition penalty);
 - images: the quickstart-sized diffusion UNet (configs/diffusion-digits.yaml), one image per request,
   DPM-Solver++(2M) at 10 steps with guidance (the defaults).
 Figures: completed requests and tokens (or images) per second, latency p50/p99, status counts (zero
@@ -232,14 +233,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from genforge import registry
     key, out = info["key"], {}
 
-    def text_body(i: int) -> dict:
+    def text_body(i: int) -> dict:  # plain sampling on both servers: no nucleus cut, no penalty
         return {"model": "writer", "prompt": PROMPTS[i % len(PROMPTS)], "max_tokens": args.max_tokens,
-                "temperature": 1.0, "seed": i}
+                "temperature": 1.0, "top_p": 1.0, "seed": i}
 
     for name, batch in (("genforge", args.clients), ("genforge batch 1", 1)):
         server = genforge_server(home, info, "text", batch)
+        body = lambda i: {**text_body(i), "repetition_penalty": 1.0}  # noqa: E731 - the run's default is 1.1
         try:
-            out[f"text: {name}"] = {**load(server.url + "/v1/completions", text_body, key, args.clients,
+            out[f"text: {name}"] = {**load(server.url + "/v1/completions", body, key, args.clients,
                                            args.seconds), "peak_mb": server.peak / 1e6}
         finally:
             server.stop()

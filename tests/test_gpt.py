@@ -142,6 +142,17 @@ def test_filters_cut_what_they_should():
     assert torch.isfinite(out[0, :2]).all() and torch.isinf(out[0, 2:]).all()
 
 
+@pytest.mark.parametrize("scale", [0.5, 2.0, 6.0, 12.0])  # flat to peaked: the nucleus from 5 tokens to most of them
+def test_the_nucleus_from_the_top_k_equals_the_one_from_a_full_sort(scale):
+    torch.manual_seed(1)
+    logits = torch.randn(16, 3000) * scale
+    top_p = torch.tensor([0.5, 0.9, 0.95, 0.99, 1.0, 0.3, 0.999, 0.8] * 2)[:, None]  # per row, 1.0: no cut
+    ordered, order = torch.sort(logits, descending=True, dim=-1)
+    probs = ordered.softmax(-1)
+    drop = (probs.cumsum(-1) - probs > top_p) & (top_p < 1)
+    assert torch.equal(gpt._outside_nucleus(logits, top_p), drop.scatter(-1, order, drop))
+
+
 def test_stop_tokens_stop_texts_and_the_context_limit(tok):
     m = model(tok.vocab_size)
     prompt = gpt.prompt_ids(tok, "好", "text")
