@@ -274,6 +274,23 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         finally:
             server.stop()
         print(name, out[f"images: {name}"], flush=True)
+    out["image model alone"] = image_ceiling(args.clients)
+    return out
+
+
+def image_ceiling(clients: int) -> dict[str, float]:
+    """Images/s of the image model alone, one image per call against `clients` per call: the most
+    any batching can gain on these cores (the server adds HTTP, PNG encoding and scheduling)."""
+    from genforge import registry
+    from genforge.models import SampleRequest
+    from genforge.sampling import load_model
+    model = load_model(registry.download("bench-images", "1"), "cpu")
+    request = SampleRequest.make(clients, seed=0, labels=tuple(i % 10 for i in range(clients)))
+    out = {}
+    for batch in (1, clients, 1, clients):
+        t = time.perf_counter()
+        model.sample(request, batch_size=batch)
+        out[str(batch)] = max(out.get(str(batch), 0.0), clients / (time.perf_counter() - t))
     return out
 
 
@@ -286,13 +303,19 @@ def report(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
              "| contender | requests | req/s | tokens/s | images/s | p50 s | p99 s | 5xx | statuses | peak MB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
+        if name == "image model alone":
+            continue
         lines.append(f"| {name} | {r['requests']} | {r['req_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
                      f"{r['images_per_s']:.1f} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | {r['errors_5xx']} | "
                      f"{r['statuses']} | {r['peak_mb']:.0f} |")
     t, t1 = results["text: genforge"], results["text: genforge batch 1"]
     i, i1 = results["images: genforge"], results["images: genforge batch 1"]
+    alone = results["image model alone"]
     lines += ["", f"Batching gain: text {t['tokens_per_s'] / max(t1['tokens_per_s'], 1e-9):.1f}x tokens/s, images "
-                  f"{i['images_per_s'] / max(i1['images_per_s'], 1e-9):.1f}x images/s."]
+                  f"{i['images_per_s'] / max(i1['images_per_s'], 1e-9):.1f}x images/s. The image model alone (no "
+                  f"server): {alone['1']:.1f} images/s one per call, {alone[str(args.clients)]:.1f} at "
+                  f"{args.clients} per call ({alone[str(args.clients)] / alone['1']:.1f}x): the most batching can "
+                  "give on these cores."]
     peer = results.get("text: transformers serve --continuous-batching")
     if peer:
         lines.append(f"Against transformers serve: {t['tokens_per_s'] / max(peer['tokens_per_s'], 1e-9):.2f}x its "

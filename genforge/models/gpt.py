@@ -352,17 +352,15 @@ def _filter(logits: torch.Tensor, seen: torch.Tensor, options: list[SampleConfig
 
 def _outside_nucleus(logits: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """(n, V) True for the tokens top-p drops: all but the smallest most-probable prefix whose mass
-    reaches top_p (rows with top_p 1 drop nothing). Only the top k tokens are ordered, k growing
-    until every row's prefix lies inside them: a full sort of the vocabulary costs 15 ms per step
-    at 32 rows and 8,000 tokens, top-64 a fraction of a millisecond, with the same result."""
+    reaches top_p (rows with top_p 1 drop nothing). A trained model's nucleus is usually a few
+    dozen tokens: when every row's lies within its top 64, only those are ordered (a full sort of
+    the vocabulary costs 14 ms per step at 32 rows and 8,000 tokens, top-64 2 ms), with the same
+    result; otherwise (a flat distribution) the whole vocabulary is sorted."""
     probs, V = logits.softmax(-1), logits.shape[-1]
     cut = top_p < 1.0  # (n, 1)
-    k = min(64, V)
-    while True:
-        top, order = probs.topk(k, dim=-1)  # descending
-        if k == V or bool(((top.sum(-1, keepdim=True) > top_p) | ~cut).all()):
-            break  # every cut row's mass passes top_p within its top k: the rest is dropped anyway
-        k = min(4 * k, V)
+    top, order = probs.topk(min(64, V), dim=-1)  # descending
+    if not bool(((top.sum(-1, keepdim=True) > top_p) | ~cut).all()):
+        top, order = probs.sort(dim=-1, descending=True)  # some row's nucleus reaches past its top 64
     keep = (top.cumsum(-1) - top <= top_p) | ~cut
     inside = torch.zeros_like(probs, dtype=torch.bool).scatter(-1, order, keep)
     return ~inside & cut
@@ -424,8 +422,9 @@ class Generation:
         n = len(self.rows)
         options = [s.options for s in self.rows]
         logits = _filter(self.logits[:n], self.seen[:n], options)
-        chosen = logits.argmax(-1)
-        if any(o.temperature > 0 for o in options):
+        greedy = [o.temperature == 0 for o in options]
+        chosen = logits.argmax(-1) if any(greedy) else None
+        if not all(greedy):
             # Inverse-CDF sampling, one uniform per row from the row's own generator: what
             # torch.multinomial draws, without its exponential variate per vocabulary entry
             # (a third of a batch-8 decoding step on a 8,000-token vocabulary).
@@ -433,7 +432,7 @@ class Generation:
             u = torch.stack([torch.rand((), generator=s.generator) for s in self.rows]).to(cdf.device)
             drawn = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None], right=True).squeeze(1)
             drawn = drawn.clamp(max=cdf.shape[1] - 1)
-            chosen = torch.where(torch.tensor([o.temperature > 0 for o in options], device=cdf.device), drawn, chosen)
+            chosen = drawn if chosen is None else torch.where(torch.tensor(greedy, device=cdf.device), chosen, drawn)
         chosen = chosen.tolist()
         for seq, token in zip(self.rows, chosen):
             seq.accept(token)
