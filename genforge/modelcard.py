@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from genforge.tracking import is_figure
+
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
@@ -36,7 +38,7 @@ def _gate(manifest: dict[str, Any]) -> list[str]:
 
 def _metrics(evaluation: dict[str, Any]) -> list[str]:
     rows = evaluation.get("rows", [])
-    keys = [k for r in rows for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    keys = [k for r in rows for k, v in r.items() if is_figure(v)]
     keys = [k for k in dict.fromkeys(keys) if k != "n"]
     lines = ["| figure | " + " | ".join(r.get("name", "?") for r in rows) + " |",
              "|---|" + "---|" * len(rows)]

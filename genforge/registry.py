@@ -36,7 +36,7 @@ from typing import Any, Iterator
 
 from genforge.errors import ConfigError, PromotionRefused, RegistryError
 from genforge.runconfig import PromotionPolicy, Rule
-from genforge.tracking import client, sync, tracking_uri
+from genforge.tracking import client, is_figure, sync, tracking_uri
 
 CHAMPION = "champion"
 LOCK_PREFIX = "_genforge_lock."
@@ -298,7 +298,7 @@ def _check_name(name: str) -> None:
 
 
 def _numbers(row: dict[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "n"}
+    return {k: v for k, v in row.items() if is_figure(v) and k != "n"}
 
 
 def eval_key(evaluation: dict[str, Any]) -> dict[str, Any]:

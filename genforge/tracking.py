@@ -69,6 +69,11 @@ def experiment_id(c: Any, name: str) -> str:
         return exp.experiment_id
 
 
+def is_figure(v: Any) -> bool:
+    """A number worth logging or comparing: ints and floats, not bools (True is an int in Python)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def flatten(d: Any, prefix: str = "") -> dict[str, str]:
     """A nested config as MLflow parameters: dotted keys, JSON values, cut to MLflow's length limit."""
     if isinstance(d, dict) and d:
@@ -105,7 +110,7 @@ def _metrics(records: list[dict[str, Any]]) -> list[Any]:
     now = int(time.time() * 1000)
     return [Metric(f"{r.get('split', 'train')}/{k}", float(v), now, int(r["step"]))
             for r in records for k, v in r.items()
-            if k not in ("step", "split") and isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if k not in ("step", "split") and is_figure(v)]
 
 
 def _log_batches(c: Any, run_id: str, metrics: list[Any] = (), params: list[Any] = ()) -> None:
@@ -190,7 +195,7 @@ def sync_evaluation(run_dir: Path, c: Any = None) -> str:
     for row in metrics["rows"]:
         prefix = {"samples": "eval", "reference": "eval_reference"}.get(row.get("kind"))
         out += [Metric(f"{prefix}/{k}", float(v), now, step) for k, v in row.items()
-                if prefix and isinstance(v, (int, float)) and not isinstance(v, bool)]
+                if prefix and is_figure(v)]
     _log_batches(c, run_id, metrics=out)
     for k, v in {"genforge.eval.options": json.dumps(metrics["options"]), "genforge.eval.dataset": metrics["dataset"],
                  "genforge.eval.checkpoint": metrics["checkpoint"]}.items():
