@@ -64,6 +64,15 @@ class Reservation:
         """Give back what the request did not use (a sqlite write: off the event loop)."""
         await run_in_threadpool(self.limiter.settle, self.key, self.units, used)
 
+    def settle_soon(self, used: int) -> None:
+        """`settle` as a task of its own: for code that must not await (a cancelled stream's cleanup)."""
+        task = asyncio.get_running_loop().create_task(self.settle(used))
+        _SETTLING.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(_SETTLING.discard)
+
+
+_SETTLING: set[asyncio.Task] = set()
+
 
 async def admit(request: Request, units: int) -> Reservation:
     """Take one request and `units` (the most the request can generate) from the key's limits."""

@@ -148,11 +148,11 @@ async def _stream(request: Request, current: Served, jobs: list[TextJob], events
         yield "data: [DONE]\n\n"
     except TimeoutError:
         yield _sse(body(503, "the answer took longer than request_timeout_s", code="timeout"))
-    finally:  # also when the client disconnects: the generator is closed
+    finally:  # also when the client disconnects: the generator is cancelled, so nothing here awaits
         _cancel(jobs)
-        await reservation.settle(sum(len(j.seq.prompt) + len(j.seq.tokens) for j in jobs))
-        _account(current, jobs, started)
         st.streams.release()
+        _account(current, jobs, started)
+        reservation.settle_soon(sum(len(j.seq.prompt) + len(j.seq.tokens) for j in jobs))
 
 
 async def _respond(request: Request, req: Sampling, prompts: list[str], chat: bool) -> Any:
