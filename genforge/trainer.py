@@ -209,7 +209,7 @@ def _prepare(config: RunConfig, procs: Processes, console: Console, family: Fami
         if source.has("ema.safetensors"):  # the averaged weights are the better start
             load_modules(source, {k: modules[k] for k in family.EMA}, "ema.safetensors")
     modules = place(modules, device, tc.channels_last)
-    ema = EMA({k: modules[k] for k in family.EMA}, tc.ema) if tc.ema > 0 else None
+    ema = EMA({k: modules[k] for k in family.EMA}, tc.ema) if tc.ema > 0 and family.EMA else None
     sync = procs.world if family.GRAD_SYNC == "optimizer" else 1
     opt = Optimizers(make_optimizers(family, config, modules, device), tc.grad_clip, sync)
     precision, why = resolve_precision(tc.precision, device)

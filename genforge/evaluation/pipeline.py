@@ -1,12 +1,13 @@
 """The evaluate stage: score a run's samples against its dataset, always beside real held-out data.
 
-`evaluate_run` writes `runs/<id>/eval/` for image and text runs: metrics.json, report.html and the
-samples scored (samples.safetensors; for text samples.jsonl, and reference/samples.jsonl, the real
-texts of the reference row). `compare_runs` puts several runs of one kind in one table and report,
-all scored at one n and seed. `ImageReference.score` and `TextReference.score` are the pieces the
-registry and the service reuse: every figure of one set of images or texts, against one dataset. Figures from genforge's
-evaluator network are keyed `evaluator_*`, so none of them reads as the standard figure of the same
-name; `fid` is the standard Inception FID.
+`evaluate_run` writes `runs/<id>/eval/` for image, text and table runs: metrics.json, report.html and
+the samples scored (samples.safetensors; for text samples.jsonl, and reference/samples.jsonl, the real
+texts of the reference row; for tables samples.csv). `compare_runs` puts several runs of one kind in
+one table and report, all scored at one n and seed. `ImageReference.score`, `TextReference.score` and
+`TableReference.score` are the pieces the registry and the service reuse: every figure of one set of
+images, texts or rows, against one dataset. Figures from genforge's evaluator network are keyed
+`evaluator_*`, so none of them reads as the standard figure of the same name; `fid` is the standard
+Inception FID.
 
 A text run's table has three rows: the run (its samples' figures, and its perplexity on the whole
 held-out split, computed by the family's own `encode` and `val_loss`, so packed documents and
@@ -17,6 +18,13 @@ train split's tokens (the baseline perplexity any language model must beat). A r
 asked for every class evenly, and its label agreement is measured: the share of samples that a
 classifier fit on the train split's texts and labels (`text.LabelJudge`) assigns to the class asked
 for; on the reference row, that classifier's accuracy on the real held-out texts.
+
+A table run's table has two rows, the run's samples and the real held-out rows, each scored against
+the train split (`tabular`): sdmetrics' quality score, distance to the closest training record and
+the exact-copy share (the held-out rows show what unseen real rows score). ML efficacy, when the
+dataset names a label column, is on the run's row only, since the held-out rows are its test set: a
+forest trained on the samples (TSTR) against one trained on the train split (TRTR), as their
+difference, never a ratio (TRTR can be 0 or negative for R^2).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.numpy import load_file, save_file
 
@@ -38,11 +47,11 @@ from genforge.batches import batch_rows
 from genforge.data.store import Dataset, open_dataset
 from genforge.devices import autocast
 from genforge.errors import ConfigError, ModelError
-from genforge.evaluation import fid, image, text
+from genforge.evaluation import fid, image, tabular, text
 from genforge.evaluation.evaluator import Evaluator, EvaluatorConfig, load_or_train_evaluator
 from genforge.evaluation.report import ReportEntry, render_report
-from genforge.models import Batch, ImageSamples, SampleRequest, TextSamples, gpt
-from genforge.outputs import write_texts
+from genforge.models import Batch, ImageSamples, SampleRequest, TableSamples, TextSamples, gpt
+from genforge.outputs import write_table, write_texts
 from genforge.runs import Run, load_run
 from genforge.sampling import Model
 from genforge.tracking import track_evaluation
@@ -51,7 +60,8 @@ from genforge.workspace import atomic_write_json, atomic_write_text, atomic_writ
 
 FORMAT = "genforge-eval/2"  # 2: evaluator figures renamed evaluator_*, options are the reuse key
 COMPARE_FORMAT = "genforge-compare/1"
-MAX_DEFAULT_N = {"image": 1000, "text": 200}  # sampling is the slow part, and slower for texts
+# sampling is the slow part, and slower for texts; a table's DCR compares every sample with every train row
+MAX_DEFAULT_N = {"image": 1000, "text": 200, "table": 10_000}
 SAMPLES_PER_PROMPT = 4  # prompt/completion data: every sampled held-out prompt gets at least this many
 
 
@@ -123,9 +133,74 @@ class TextReference:
         return row
 
 
+def _figure(value: float) -> float | None:
+    """None for an undefined score (NaN), so metrics.json stays valid JSON."""
+    return None if np.isnan(value) else float(value)
+
+
+@dataclass
+class TableReference:
+    """A dataset's train rows, and the real rows ML efficacy tests on: what every table is scored against."""
+
+    train: pd.DataFrame
+    categorical: tuple[str, ...] = ()  # compared as categories whatever their values look like (the schema's)
+    left_out: dict[str, str] = field(default_factory=dict)  # columns dropped before any metric, with why
+    target: str | None = None  # the label column ML efficacy predicts
+    test: pd.DataFrame | None = None
+    unavailable: str | None = None  # why ML efficacy is not measured
+
+    @classmethod
+    def for_dataset(cls, dataset: Dataset, train_split: str = "train", test_split: str = "") -> "TableReference":
+        """Kinds follow the schema: its categorical and boolean columns are categories, its free-text columns
+        are left out (no table family generates them). ML efficacy predicts the schema's label column,
+        tested on `test_split` ("": no held-out rows, not measured)."""
+        schema = dataset.manifest.data_schema
+        types = {c["name"]: c["type"] for c in schema.get("columns", [])}
+        left_out = {c: "text: free text, which the table families do not generate"
+                    for c, t in types.items() if t == "text"}
+        train = dataset.frame(train_split).drop(columns=list(left_out))
+        categorical = tuple(c for c, t in types.items() if t in ("categorical", "boolean"))
+        target = schema.get("label_column")
+        if target is None:
+            reason = (f"dataset {dataset.ref} names no label column to predict; ingest it again with "
+                      "table.label_column=COLUMN to measure ML efficacy")
+        elif not test_split:
+            reason = "there are no real held-out rows to test on"
+        else:
+            reason = None
+        return cls(train, categorical, left_out, target, dataset.frame(test_split) if reason is None else None, reason)
+
+    def columns(self) -> dict[str, dict[str, str]]:
+        """The columns the figures compare, with their kind, and every column none uses, with why."""
+        kinds = tabular.column_kinds(self.train, self.categorical)
+        return {"compared": {c: kind for c, (kind, _) in kinds.items() if kind in tabular.ANALYSED},
+                "skipped": self.left_out | tabular.skipped_columns(kinds)}
+
+    def score(self, frame: pd.DataFrame, seed: int = 0, utility: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Every figure of one table against the train rows (None where undefined), and what is behind them:
+        per-column and per-pair scores, ML efficacy's task and metric. `utility=False` leaves ML efficacy
+        out: for the real held-out rows, which are its test set."""
+        quality = tabular.quality_report(self.train, frame, self.categorical)
+        privacy = tabular.privacy(self.train, frame, categorical=self.categorical)
+        row: dict[str, Any] = {
+            "n": len(frame), "quality_score": _figure(quality["score"]),
+            "column_shapes": _figure(quality["column_shapes"]["score"]),
+            "column_pair_trends": _figure(quality["column_pair_trends"]["score"]),
+            "dcr_median": privacy["dcr_median"], "dcr_p05": privacy["dcr_p05"], "exact_copies": privacy["exact_copies"]}
+        details: dict[str, Any] = {
+            "column_shapes": {c: _figure(v["score"]) for c, v in quality["column_shapes"]["columns"].items()},
+            "column_pair_trends": [{k: _figure(v) if isinstance(v, float) else v for k, v in p.items()}
+                                   for p in quality["column_pair_trends"]["pairs"]]}
+        if utility and self.unavailable is None:
+            ml = tabular.ml_efficacy(self.train, self.test, frame, self.target, self.categorical, seed)
+            row |= {"ml_synthetic": ml["tstr"], "ml_real": ml["trtr"], "ml_difference": ml["difference"]}
+            details["ml_efficacy"] = {"task": ml["task"], "metric": ml["metric"]}
+        return row, details
+
+
 @dataclass(frozen=True)
 class EvalOptions:
-    n: int | None = None          # samples; default: the held-out split's size, at most 1000
+    n: int | None = None          # samples; default: `_default_n`
     seed: int = 0
     sample: dict[str, Any] = field(default_factory=dict)  # overrides of the run's `sample:` section
     batch_size: int = 64
@@ -148,9 +223,9 @@ def evaluation_key(checkpoint: str, options: dict[str, Any]) -> dict[str, Any]:
     return {"checkpoint": checkpoint, **{k: v for k, v in options.items() if k not in ("batch_size", "fid")}}
 
 
-def _default_n(heldout: int, kind: str) -> int:
-    """n when none is given: the whole held-out split, at most MAX_DEFAULT_N of the kind."""
-    return min(heldout or MAX_DEFAULT_N[kind], MAX_DEFAULT_N[kind])
+def _default_n(count: int, kind: str) -> int:
+    """n when none is given: the whole held-out split (a table's train split), at most MAX_DEFAULT_N of the kind."""
+    return min(count or MAX_DEFAULT_N[kind], MAX_DEFAULT_N[kind])
 
 
 def _heldout(dataset: Dataset, split: str) -> tuple[str, np.ndarray, np.ndarray]:
@@ -214,7 +289,7 @@ class Scored:
     sections: dict[str, Any]  # the kind's own parts of metrics.json (evaluator and FID; sampling and perplexity)
     warnings: list[str]
     timings: dict[str, float | None]
-    samples: ImageSamples | TextSamples
+    samples: ImageSamples | TextSamples | TableSamples
     reference: TextSamples | None = None  # the real texts the reference row scored (images come from the dataset)
 
 
@@ -454,7 +529,52 @@ def _score_texts(run: Run, dataset: Dataset, options: EvalOptions) -> Scored:
     return Scored(n, rows, sections, warnings, timings, samples, reference)
 
 
-SCORERS: dict[str, Callable[[Run, Dataset, EvalOptions], Scored]] = {"image": _score_images, "text": _score_texts}
+def _heldout_rows(run: Run, dataset: Dataset) -> tuple[str, pd.DataFrame]:
+    """(split, rows) of the reference row: the run's val split, else val, else test; "" when all are empty."""
+    for split in dict.fromkeys((run.config.data.val_split, "val", "test")):
+        rows = dataset.frame(split)
+        if len(rows):
+            return split, rows
+    return "", rows
+
+
+def _score_tables(run: Run, dataset: Dataset, options: EvalOptions) -> Scored:
+    """The quality score, distance to the closest training record and exact copies of the samples and of
+    the real held-out rows, against the train split; ML efficacy of the samples."""
+    if options.fid:
+        raise ConfigError("standard FID is an image figure; evaluate a table run without --fid")
+    split, real = _heldout_rows(run, dataset)
+    reference = TableReference.for_dataset(dataset, run.config.data.train_split, split)
+    n = options.n or _default_n(len(reference.train), "table")
+    keep = np.sort(np.random.default_rng(options.seed).permutation(len(real))[:n])  # a seeded subset when n is smaller
+    warnings = [] if split else [_no_heldout_warning(dataset, "rows")]
+    if 0 < len(keep) < n:
+        warnings.append(f"the reference row has {len(keep)} real rows against {n} samples: the quality score of a "
+                        "smaller set is lower by chance alone (its KS and TV distances are larger), so read it with care")
+    if reference.unavailable:
+        warnings.append(f"ML efficacy not measured: {reference.unavailable}")
+
+    t0 = time.perf_counter()
+    samples = run.sample(SampleRequest.make(n, options.seed, options=options.sample), options.batch_size)
+    sampling_s = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    rows, details = [], {}
+    if split:
+        name = f"real held-out ({split})"
+        row, details[name] = reference.score(real.iloc[keep], options.seed, utility=False)
+        rows.append({"name": name, "kind": "reference", **row})
+    row, details[run.id] = reference.score(samples.frame, options.seed)
+    rows.append({"name": run.id, "kind": "samples", **row})
+    ml = ({"available": False, "reason": reference.unavailable} if reference.unavailable else
+          {"available": True, "target": reference.target, **details[run.id]["ml_efficacy"],
+           "train_rows": len(reference.train), "test_split": split, "test_rows": len(reference.test)})
+    return Scored(n, rows, {"columns": reference.columns(), "ml_efficacy": ml, "quality": details}, warnings,
+                  {"sampling_s": round(sampling_s, 2), "metrics_s": round(time.perf_counter() - t0, 2)}, samples)
+
+
+SCORERS: dict[str, Callable[[Run, Dataset, EvalOptions], Scored]] = {"image": _score_images, "text": _score_texts,
+                                                                      "table": _score_tables}
 
 
 def _save_samples(eval_dir: Path, scored: Scored) -> None:
@@ -464,6 +584,8 @@ def _save_samples(eval_dir: Path, scored: Scored) -> None:
         labels = np.asarray(s.labels if s.labels is not None else [-1] * len(s), dtype=np.int64)
         atomic_write_with(eval_dir / "samples.safetensors",
                           lambda p: save_file({"images": s.images, "labels": labels}, p))
+    elif isinstance(s, TableSamples):
+        write_table(s, eval_dir / "samples.csv", {})
     else:
         write_texts(s, eval_dir, {})
         write_texts(scored.reference, eval_dir / "reference", {})
@@ -475,10 +597,12 @@ def _read_texts(path: Path) -> TextSamples:
     return TextSamples([r["text"] for r in records], prompts)
 
 
-def _saved_samples(run: Run, kind: str) -> tuple[ImageSamples | TextSamples, TextSamples | None]:
+def _saved_samples(run: Run, kind: str) -> tuple[ImageSamples | TextSamples | TableSamples, TextSamples | None]:
     eval_dir = run.path / "eval"
     if kind == "text":
         return _read_texts(eval_dir / "samples.jsonl"), _read_texts(eval_dir / "reference" / "samples.jsonl")
+    if kind == "table":
+        return TableSamples(pd.read_csv(eval_dir / "samples.csv")), None
     saved = load_file(str(eval_dir / "samples.safetensors"))
     labels = saved["labels"]
     return ImageSamples(saved["images"], None if (labels < 0).all() else tuple(labels.tolist())), None
@@ -486,8 +610,8 @@ def _saved_samples(run: Run, kind: str) -> tuple[ImageSamples | TextSamples, Tex
 
 def _scorer(run: Run, dataset: Dataset) -> Callable[[Run, Dataset, EvalOptions], Scored]:
     if dataset.kind not in SCORERS:
-        raise ModelError(f"run {run.id} was trained on {dataset.kind} data; `genforge evaluate` scores image and text "
-                         "runs for now")
+        raise ModelError(f"run {run.id} was trained on {dataset.kind} data; `genforge evaluate` scores "
+                         f"{', '.join(SCORERS)} runs")
     return SCORERS[dataset.kind]
 
 
@@ -518,7 +642,11 @@ def evaluate_run(ref: str, options: EvalOptions = EvalOptions()) -> Path:
     return report
 
 
-def _heldout_count(run: Run, dataset: Dataset) -> int:
+def _default_count(run: Run, dataset: Dataset) -> int:
+    """What n defaults to before MAX_DEFAULT_N caps it: the held-out images or texts; a table's train rows
+    (samples as many as the rows a model is fit on: ML efficacy trains on them)."""
+    if dataset.kind == "table":
+        return len(dataset.frame(run.config.data.train_split))
     if dataset.kind == "text":
         return len(_heldout_texts(run, dataset)[2])
     return len(_heldout(dataset, run.config.data.val_split)[1])
@@ -539,7 +667,7 @@ def compare_runs(refs: list[str], options: EvalOptions = EvalOptions(), out: Pat
     if len(kinds) > 1:
         raise ConfigError(f"compare needs runs of one kind of data, got {' and '.join(kinds)} runs")
     if options.n is None:
-        options = replace(options, n=min(_default_n(_heldout_count(r, d), d.kind) for r, d in zip(runs, datasets)))
+        options = replace(options, n=min(_default_n(_default_count(r, d), d.kind) for r, d in zip(runs, datasets)))
     entries = []
     for run, dataset in zip(runs, datasets):
         path = run.path / "eval" / "metrics.json"

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import yaml
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from rich.table import Table
 
 from genforge.data.store import Dataset
 from genforge.evaluation.text import MEMORISED_NGRAM
-from genforge.models import ImageSamples, TextSamples
+from genforge.models import ImageSamples, TableSamples, TextSamples
 from genforge.outputs import image_grid, to_pil
 from genforge.runs import Run
 
@@ -30,7 +31,9 @@ PER_CLASS = 10  # images per class row in the grids
 PAD = 2         # grid padding in pixels, as `image_grid` draws it
 SHOWN_PROMPTS, SHOWN_PER_PROMPT = 4, 3  # texts shown per run: the first prompts, a few samples each
 SHOWN_DOCUMENTS, SHOWN_REAL = 6, 3  # unprompted samples shown, and real held-out texts beside them
-UNITS = {"image": ("images", "images/s"), "text": ("texts", "tokens/s")}  # what n counts, training speed
+SHOWN_ROWS = 10  # table rows shown per run, and real held-out rows
+# what n counts, training speed
+UNITS = {"image": ("images", "images/s"), "text": ("texts", "tokens/s"), "table": ("rows", "rows/s")}
 TIMINGS = {"evaluator_s": "evaluator", "perplexity_s": "perplexity", "judge_s": "label judge", "metrics_s": "metrics",
            "fid_s": "FID", "total_s": "total"}
 
@@ -95,7 +98,33 @@ TEXT_METRICS = (
            "reference row: the classifier's accuracy on real held-out texts, the ceiling. Chance level and method: "
            "see how the text figures are made."),
 )
-METRICS = IMAGE_METRICS + TEXT_METRICS
+# sdmetrics' Quality Report and the privacy and utility figures of `tabular`, each against the train split.
+TABLE_METRICS = (
+    Metric("quality_score", "Quality score", "higher", 3, "sdmetrics' Quality Report score: the mean of the column "
+           "shapes and column pair trends scores, 1 when the rows follow the train split's distributions exactly. "
+           "A small set scores lower by chance alone, so the reference row is a guide, not a ceiling."),
+    Metric("column_shapes", "Column shapes", "higher", 3, "Mean over the columns of 1 − KS statistic (numbers, "
+           "dates) or 1 − total variation distance (categories) against the train split."),
+    Metric("column_pair_trends", "Pair trends", "higher", 3, "Mean over the column pairs of the correlation "
+           "similarity (two numbers) or contingency similarity (the others, numbers in 10 bins): relations kept."),
+    Metric("ml_synthetic", "ML score (synthetic)", "higher", 3, "Train on synthetic, test on real (TSTR): a random "
+           "forest trained on the samples predicts the label column of the real held-out rows (macro F1 for a "
+           "category, R² for a number). Not on the reference row: its rows are the test set."),
+    Metric("ml_real", "ML score (real)", "higher", 3, "The same forest trained on the train split (TRTR), "
+           "tested on the same held-out rows: what the real data achieves."),
+    Metric("ml_difference", "ML difference", "higher", 3, "ML score (synthetic) − ML score (real): 0 is as "
+           "useful as the real data, below 0 less useful. A difference, not a ratio: R² can be 0 or negative."),
+    Metric("dcr_median", "DCR median", "reference", 3, "Median distance from each row to its closest train-split "
+           "row (Gower: 0 same values, 1 as far apart as the train split's range). Well below the reference row: "
+           "rows sit closer to training rows than unseen real rows do, a sign of copying."),
+    Metric("dcr_p05", "DCR 5th percentile", "reference", 3, "The 5th percentile of the same distances: the "
+           "closest rows. Near 0 while the reference row's is not: some rows are near-copies."),
+    Metric("exact_copies", "Exact copies", "lower", 3, "Share of rows equal to a train-split row in every "
+           "compared column (id and text columns left out). The reference row shows how often unseen real "
+           "rows coincide with training rows anyway."),
+)
+METRICS = IMAGE_METRICS + TEXT_METRICS + TABLE_METRICS
+KIND_METRICS = {"image": IMAGE_METRICS, "text": TEXT_METRICS, "table": TABLE_METRICS}
 
 
 @dataclass
@@ -104,7 +133,7 @@ class ReportEntry:
 
     run: Run
     metrics: dict[str, Any]
-    samples: ImageSamples | TextSamples
+    samples: ImageSamples | TextSamples | TableSamples
     reference: TextSamples | None = None  # the real held-out texts the reference row scored
 
 
@@ -150,6 +179,33 @@ def text_groups(samples: TextSamples, reference: TextSamples | None) -> list[dic
             for p, texts in list(groups.items())[:SHOWN_PROMPTS]]
 
 
+def _cell(value: Any) -> str:
+    if value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def table_preview(frame: pd.DataFrame, rows: int = SHOWN_ROWS) -> dict[str, Any]:
+    """The first rows as strings, as the page shows them: numbers to 6 significant digits, missing values empty."""
+    head = frame.head(rows)
+    return {"columns": [str(c) for c in head.columns],
+            "rows": [[_cell(v) for v in r] for r in head.itertuples(index=False)]}
+
+
+def column_scores(entries: list["ReportEntry"]) -> dict[str, Any] | None:
+    """Each compared column's shape score (1 − KS or 1 − TVD) in every row that has one, the reference
+    row once: the column that pulls a quality score down. None for runs of other kinds."""
+    named: dict[str, dict[str, float | None]] = {}
+    for e in entries:
+        for name, d in e.metrics.get("quality", {}).items():
+            named.setdefault(name, d["column_shapes"])
+    if not named:
+        return None
+    columns = list(dict.fromkeys(c for shapes in named.values() for c in shapes))
+    return {"names": list(named),
+            "rows": [{"column": c, "cells": [format_value(s.get(c), 3) for s in named.values()]} for c in columns]}
+
+
 def loss_curves(entries: list[ReportEntry]) -> str | None:
     """Train (and val) loss against step for each run, as an embedded PNG; None without metrics."""
     from matplotlib.figure import Figure  # not pyplot: no global state, no display backend
@@ -188,7 +244,8 @@ def format_value(value: Any, digits: int) -> str:
 def _table(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Only the metrics some row has, each cell formatted; `unit`: what the rows' n counts."""
     metrics = [m for m in METRICS if any(r.get(m.key) is not None for r in rows)]
-    return {"metrics": metrics, "unit": "texts" if set(metrics) & set(TEXT_METRICS) else "images",
+    kind = next((k for k, group in KIND_METRICS.items() if set(metrics) & set(group)), "image")
+    return {"metrics": metrics, "unit": UNITS[kind][0],
             "arrows": {m.better for m in metrics},
             "rows": [{"name": r["name"], "kind": r["kind"], "n": format_value(r["n"], 0),
                       "cells": [format_value(r.get(m.key), m.digits) for m in metrics]} for r in rows]}
@@ -254,14 +311,19 @@ def render_report(entries: list[ReportEntry], dataset: Dataset | None, rows: lis
     unit, speed = UNITS[kind]
     runs = []
     for e in entries:
-        shown = ({"grid": class_grid(e.samples.images, _image_labels(e.samples), list(e.run.data_spec.classes))}
-                 if isinstance(e.samples, ImageSamples) else {"groups": text_groups(e.samples, e.reference)})
+        if isinstance(e.samples, ImageSamples):
+            shown = {"grid": class_grid(e.samples.images, _image_labels(e.samples), list(e.run.data_spec.classes))}
+        elif isinstance(e.samples, TableSamples):
+            shown = {"preview": table_preview(e.samples.frame)}
+        else:
+            shown = {"groups": text_groups(e.samples, e.reference)}
         runs.append({
             "id": e.run.id, "dataset": e.metrics["dataset"], "checkpoint": e.metrics["checkpoint"], **shown,
             "config": yaml.safe_dump(e.run.config.model_dump(mode="json"), sort_keys=False, allow_unicode=True),
             "training": e.metrics.get("training", {}), "speed_unit": speed,
             "sampling": _sampling(e.metrics, unit), "evaluation_time": _evaluation_time(e.metrics.get("timings", {})),
             "perplexity": e.metrics.get("perplexity"), "label_agreement": e.metrics.get("label_agreement"),
+            "ml_efficacy": e.metrics.get("ml_efficacy"),
         })
     card = None
     if dataset is not None:
@@ -269,16 +331,22 @@ def render_report(entries: list[ReportEntry], dataset: Dataset | None, rows: lis
         card = {"ref": m.ref, "kind": m.kind, "created_at": m.created_at, "classes": m.classes,
                 "source": json.dumps(m.source, ensure_ascii=False, indent=1, default=str),
                 "counts": json.dumps(m.counts, ensure_ascii=False, indent=1, default=str),
-                "gate": m.gate, "real_grid": None}
+                "gate": m.gate, "real_grid": None, "real_rows": None}
         if kind == "image":
             real, real_labels = dataset.images("val")
             if not len(real):
                 real, real_labels = dataset.images("test")
             card["real_grid"] = class_grid(real, real_labels, m.classes) if len(real) else None
+        elif kind == "table":
+            real = dataset.frame("val")
+            if not len(real):
+                real = dataset.frame("test")
+            card["real_rows"] = table_preview(real) if len(real) else None
     first = entries[0].metrics
     return _env().get_template("report.html.j2").render(
         title=("Evaluation of " + entries[0].run.id) if len(entries) == 1 else f"Comparison of {len(entries)} runs",
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), kind=kind, table=_table(rows), runs=runs,
         dataset=card, loss_curves=loss_curves(entries), evaluator=first.get("evaluator", {}),
         standard_fid=first.get("standard_fid", {}), text_tokens=first.get("text_tokens"), notes=_notes(entries),
+        columns=first.get("columns"), column_scores=column_scores(entries),
     )

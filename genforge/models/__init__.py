@@ -31,7 +31,8 @@ if TYPE_CHECKING:
     from genforge.data.store import Dataset
 
 FAMILIES = {"diffusion": "genforge.models.diffusion", "gan": "genforge.models.gan", "vae": "genforge.models.vae",
-            "gpt": "genforge.models.gpt"}
+            "gpt": "genforge.models.gpt", "ctgan": "genforge.models.ctgan", "tvae": "genforge.models.tvae",
+            "copula": "genforge.models.copula"}
 
 Kind = Literal["image", "text", "table"]
 Batch = dict[str, torch.Tensor]  # tensors with one common first dimension: the trainer indexes rows

@@ -1,0 +1,329 @@
+"""CTGAN family: a conditional GAN for tables (Xu, Skoularidou, Cuesta-Infante, Veeramachaneni 2019,
+"Modeling Tabular Data using Conditional GAN", NeurIPS, arXiv 1907.00503).
+
+What the paper specifies, and where it lives here:
+- mode-specific normalisation of numeric columns (sec. 4.2): `genforge.tabular.vgm`;
+- the conditional vector and the generator loss that makes G honour it (sec. 4.3): `cond_loss`;
+- training-by-sampling (sec. 4.3): a discrete column is chosen uniformly, one of its categories with
+  probability proportional to the log of its frequency, and the critic compares fakes for that
+  condition with real rows that have it. The trainer serves every family rows in one seeded uniform
+  order (which is what makes resume exact), so the real side here is sampling-importance-resampling
+  of the batch: each row takes the condition of its own category in a uniformly chosen discrete
+  column and is redrawn with weight p_log(c) / p_freq(c), which gives the paper's distribution of
+  (row, condition) pairs without a sampler of our own;
+- PacGAN (Lin et al. 2018, arXiv 1712.04086): the critic judges `pac` rows at once;
+- WGAN-GP (Gulrajani et al. 2017, arXiv 1704.00028): critic loss E[D(fake)] - E[D(real)] plus 10 x the
+  gradient penalty on interpolates (one interpolation weight per pac group);
+- the networks of the reference implementation: G of two residual blocks (Linear-BatchNorm-ReLU, input
+  concatenated to the output), D of two LeakyReLU(0.2)+Dropout(0.5) layers; Adam at 2e-4, betas
+  (0.5, 0.9), weight decay 1e-6 for both; Gumbel-softmax (tau 0.2) on G's one-hot spans in training.
+
+Sampling: item i draws z, its condition (when it asks for none: a discrete column uniformly and a
+category by its real frequency, as the reference implementation samples) and the Gumbel noise that
+picks its categories from its own seed; a condition on a discrete column is given to G as its
+conditional vector, so conditioned rows are proposed directly rather than found by rejection.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from genforge.config import StrictModel
+from genforge.errors import ModelError
+from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
+from genforge.tabular.family import TableState, encode_table, fit_table, sample_table
+from genforge.tabular.sampling import Rules, SampleOptions
+from genforge.tabular.vgm import TransformConfig
+
+
+class Config(StrictModel):
+    """The `model:` section; defaults are the paper's reference implementation."""
+
+    family: Literal["ctgan"]
+    embedding_dim: int = Field(default=128, ge=1)  # z
+    generator_dims: list[int] = Field(default=[256, 256], min_length=1)
+    discriminator_dims: list[int] = Field(default=[256, 256], min_length=1)
+    pac: int = Field(default=10, ge=1)  # rows per critic input (PacGAN)
+    gp_lambda: float = Field(default=10.0, ge=0.0)
+    tau: float = Field(default=0.2, gt=0.0)  # Gumbel-softmax temperature for G's one-hot spans
+    transform: TransformConfig = TransformConfig()
+    rules: Rules = Rules()
+
+
+class SampleConfig(SampleOptions):
+    """The run's `sample:` section."""
+
+
+KINDS = ("table",)
+EMA = ("generator",)
+HEADLINE = "d_loss"
+GRAD_SYNC = "optimizer"  # the gradient penalty is a double backward, which DDP cannot run
+TUNABLE = ("rules",)
+REQUEST_OPTIONS = ("where", "max_rounds")
+
+
+class Residual(nn.Module):
+    def __init__(self, i: int, o: int):
+        super().__init__()
+        self.fc, self.bn = nn.Linear(i, o), nn.BatchNorm1d(o)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([F.relu(self.bn(self.fc(x))), x], dim=1)
+
+
+class Generator(nn.Module):
+    """z and the conditional vector -> raw outputs (activations applied by `activate`)."""
+
+    def __init__(self, config: Config, width: int, cond_dim: int, state: TableState):
+        super().__init__()
+        layers, dim = [], config.embedding_dim + cond_dim
+        for d in config.generator_dims:
+            layers.append(Residual(dim, d))
+            dim += d
+        self.body = nn.Sequential(*layers, nn.Linear(dim, width))
+        self.z_dim, self.tau, self.gp_lambda = config.embedding_dim, config.tau, config.gp_lambda
+        self.state = state  # the fitted table: what sampling decodes with (not saved: it is the run's fitted state)
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.body(torch.cat([z, cond], dim=1))
+
+
+class Discriminator(nn.Module):
+    def __init__(self, config: Config, in_dim: int):
+        super().__init__()
+        layers, dim = [], in_dim * config.pac
+        for d in config.discriminator_dims:
+            layers += [nn.Linear(dim, d), nn.LeakyReLU(0.2), nn.Dropout(0.5)]
+            dim = d
+        self.body = nn.Sequential(*layers, nn.Linear(dim, 1))
+        self.pac = config.pac
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x.reshape(-1, x.shape[1] * self.pac)).squeeze(1)  # (B / pac,)
+
+
+# ---- the conditional vector -----------------------------------------------------------------------
+
+class Conditions(nn.Module):
+    """Where each discrete column's one-hot sits in the data and in the conditional vector, and its
+    category frequencies (buffers, so they travel with the weights to any device)."""
+
+    def __init__(self, state: TableState):
+        super().__init__()
+        t = state.transformer
+        cats = [s for s in t.spans if s.role == "category"]
+        self.data_starts = [s.start for s in cats]
+        self.sizes = [s.size for s in cats]
+        self.cond_starts = list(np.cumsum([0] + self.sizes[:-1]))
+        self.dim = sum(self.sizes)
+        learned = {c.name: c for c in state.codec.learned}
+        counts = [torch.tensor(learned[s.column].frequencies, dtype=torch.float64) * state.rows for s in cats]
+        freq = [c / c.sum() for c in counts]
+        logf = [torch.log(c + 1) for c in counts]  # log(count + 1), as the reference implementation
+        for j, (f, lf) in enumerate(zip(freq, logf)):
+            self.register_buffer(f"freq{j}", f.float(), persistent=False)
+            self.register_buffer(f"logp{j}", (lf / lf.sum()).float(), persistent=False)
+
+    @property
+    def n(self) -> int:
+        return len(self.sizes)
+
+    def probs(self, j: int, log: bool) -> torch.Tensor:
+        return getattr(self, f"{'logp' if log else 'freq'}{j}")
+
+    def vector(self, cols: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
+        """(B, dim) one-hots: category cats[b] of discrete column cols[b]."""
+        out = torch.zeros(len(cols), self.dim, device=cols.device)
+        if self.dim:
+            starts = torch.tensor(self.cond_starts, device=cols.device)[cols]
+            out[torch.arange(len(cols), device=cols.device), starts + cats] = 1.0
+        return out
+
+    def draw(self, n: int, device: torch.device, log: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training-by-sampling's conditions: a column uniformly, a category by (log-)frequency."""
+        cols = torch.randint(self.n, (n,), device=device)
+        cats = torch.empty(n, dtype=torch.long, device=device)
+        for j in range(self.n):
+            rows = cols == j
+            cats[rows] = torch.multinomial(self.probs(j, log), int(rows.sum()), replacement=True)
+        return cols, cats
+
+
+def activate(x: torch.Tensor, state: TableState, tau: float) -> torch.Tensor:
+    """tanh on value spans, Gumbel-softmax on one-hot spans: G's outputs in the data's form."""
+    parts = []
+    for s in state.transformer.spans:
+        piece = x[:, s.start:s.start + s.size]
+        parts.append(torch.tanh(piece) if s.role == "value" else F.gumbel_softmax(piece, tau=tau))
+    return torch.cat(parts, dim=1)
+
+
+def cond_loss(x: torch.Tensor, cond: Conditions, cols: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of G's logits for the conditioned column against the condition (paper eq. in 4.3)."""
+    if not cond.n:
+        return torch.zeros((), device=x.device)
+    losses = torch.zeros(len(cols), device=x.device)
+    for j in range(cond.n):
+        rows = cols == j
+        if rows.any():
+            s = cond.data_starts[j]
+            losses[rows] = F.cross_entropy(x[rows, s:s + cond.sizes[j]], cats[rows], reduction="none")
+    return losses.mean()
+
+
+# ---- the contract -------------------------------------------------------------------------------
+
+def optimizers(config: Config) -> dict[str, OptimizerSpec]:
+    """The reference implementation's Adam for both networks."""
+    return {"generator": OptimizerSpec(("generator",), lr=2e-4, betas=(0.5, 0.9), weight_decay=1e-6),
+            "discriminator": OptimizerSpec(("discriminator",), lr=2e-4, betas=(0.5, 0.9), weight_decay=1e-6)}
+
+
+def fit(config: Config, dataset: Any) -> tuple[DataSpec, Fitted]:
+    return fit_table(config.rules, config.transform, dataset)
+
+
+def encode(config: Config, spec: DataSpec, fitted: Fitted, dataset: Any, split: str) -> Batch:
+    return encode_table(TableState.of(fitted), dataset, split)
+
+
+def build(config: Config, spec: DataSpec, fitted: Fitted) -> dict[str, nn.Module]:
+    if spec.kind != "table":
+        raise ModelError(f"the ctgan family trains on table datasets, got a {spec.kind} dataset")
+    state = TableState.of(fitted)
+    cond = Conditions(state)
+    g = Generator(config, state.transformer.width, cond.dim, state)
+    g.cond = cond
+    return {"generator": g, "discriminator": Discriminator(config, state.transformer.width + cond.dim)}
+
+
+def _gradient_penalty(d: Discriminator, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP on interpolates, one weight per pac group (so a group stays a group of one kind)."""
+    groups = len(real) // d.pac
+    alpha = torch.rand(groups, 1, 1, device=real.device).expand(groups, d.pac, real.shape[1]).reshape(real.shape)
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(d(mixed).sum(), mixed, create_graph=True)
+    return ((grad.reshape(groups, -1).norm(2, dim=1) - 1) ** 2).mean()
+
+
+def _real_with_conditions(cond: Conditions, x: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Training-by-sampling on a uniform batch: each row conditioned on its own category of a uniformly
+    chosen discrete column, rows redrawn with weight p_log(c) / p_freq(c) (see the module docstring)."""
+    n = len(x)
+    cols = torch.randint(cond.n, (n,), device=x.device)
+    cats = codes.gather(1, cols[:, None]).squeeze(1)
+    w = torch.empty(n, device=x.device)
+    for j in range(cond.n):
+        rows = cols == j
+        w[rows] = cond.probs(j, True)[cats[rows]] / cond.probs(j, False)[cats[rows]].clamp_min(1e-12)
+    pick = torch.multinomial(w, n, replacement=True)
+    return x[pick], cols[pick], cats[pick]
+
+
+def train_step(modules: dict[str, nn.Module], batch: Batch, opt: Optimizer, step: int) -> dict[str, torch.Tensor]:
+    """One critic step, then one generator step (the reference implementation's discriminator_steps=1)."""
+    g: Generator = modules["generator"]
+    d: Discriminator = modules["discriminator"]
+    cond: Conditions = g.cond
+    cfg_pac, tau, lam = d.pac, g.tau, g.gp_lambda
+    n = len(batch["x"]) // cfg_pac * cfg_pac
+    if n == 0:
+        raise ModelError(f"each process's batch must hold at least model.pac ({cfg_pac}) rows, got {len(batch['x'])}")
+    x, codes = batch["x"][:n], batch["codes"][:n]
+    if cond.n:
+        real, cols, cats = _real_with_conditions(cond, x, codes)
+        perm = torch.randperm(n, device=x.device)
+        f_cols, f_cats = cols[perm], cats[perm]
+    else:
+        real = x
+        cols = cats = f_cols = f_cats = torch.zeros(n, dtype=torch.long, device=x.device)
+    c_real, c_fake = cond.vector(cols, cats), cond.vector(f_cols, f_cats)
+
+    # 1. critic: E[D(fake)] - E[D(real)] + lambda * GP
+    with torch.no_grad():
+        fake = activate(g(torch.randn(n, g.z_dim, device=x.device), c_fake), g.state, tau)
+    real_in, fake_in = torch.cat([real, c_real], 1), torch.cat([fake, c_fake], 1)
+    d_real, d_fake = d(real_in), d(fake_in)
+    d_loss = d_fake.mean() - d_real.mean()
+    gp = _gradient_penalty(d, real_in, fake_in)
+    opt.step("discriminator", d_loss + lam * gp)
+
+    # 2. generator: -E[D(fake)] + the conditional vector's cross-entropy, on fresh conditions
+    cols, cats = cond.draw(n, x.device, log=True) if cond.n else (f_cols, f_cats)
+    c = cond.vector(cols, cats)
+    raw = g(torch.randn(n, g.z_dim, device=x.device), c)
+    d.requires_grad_(False)
+    adv = -d(torch.cat([activate(raw, g.state, tau), c], 1)).mean()
+    ce = cond_loss(raw, cond, cols, cats)
+    opt.step("generator", adv + ce)
+    d.requires_grad_(True)
+    return {"d_loss": d_loss.detach(), "gp": gp.detach(), "g_loss": adv.detach(), "cond_ce": ce.detach()}
+
+
+def val_loss(modules: dict[str, nn.Module], batch: Batch) -> tuple[dict[str, torch.Tensor], float]:
+    """The critic's Wasserstein estimate on held-out rows against fresh fakes (lower: harder to tell)."""
+    g: Generator = modules["generator"]
+    d: Discriminator = modules["discriminator"]
+    n = len(batch["x"]) // d.pac * d.pac
+    if n == 0:
+        return {}, 0.0
+    cond = g.cond
+    x, codes = batch["x"][:n], batch["codes"][:n]
+    if cond.n:
+        cols = torch.randint(cond.n, (n,), device=x.device)
+        cats = codes.gather(1, cols[:, None]).squeeze(1)
+    else:
+        cols = cats = torch.zeros(n, dtype=torch.long, device=x.device)
+    c = cond.vector(cols, cats)
+    fake = activate(g(torch.randn(n, g.z_dim, device=x.device), c), g.state, g.tau)
+    d_loss = d(torch.cat([fake, c], 1)).mean() - d(torch.cat([x, c], 1)).mean()
+    return {"d_loss": d_loss, "cond_ce": cond_loss(g(torch.randn(n, g.z_dim, device=x.device), c), cond, cols, cats)}, n
+
+
+def _propose(g: Generator, seeds: list[int], conditions: list[dict[str, Any]]) -> pd.DataFrame:
+    """One candidate row per seed: z, the condition and the Gumbel noise all from that seed."""
+    state, cond = g.state, g.cond
+    device = next(g.parameters()).device
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    z = torch.stack([torch.randn(g.z_dim, generator=q) for q in gens]).to(device)
+    cols = torch.zeros(len(seeds), dtype=torch.long)
+    cats = torch.zeros(len(seeds), dtype=torch.long)
+    names = [s.column for s in state.transformer.spans if s.role == "category"]
+    for i, (q, c) in enumerate(zip(gens, conditions)):
+        asked = [(names.index(name), code) for name, code in
+                 (state.codec.condition(k, v) for k, v in c.items() if not isinstance(v, dict)) if name in names]
+        if asked:
+            cols[i], cats[i] = asked[0]
+        elif cond.n:
+            cols[i] = int(torch.randint(cond.n, (1,), generator=q))
+            cats[i] = int(torch.multinomial(cond.probs(int(cols[i]), False).cpu(), 1, generator=q))
+    raw = g(z, cond.vector(cols.to(device), cats.to(device))).float().cpu()
+    gumbel = torch.stack([-torch.log(-torch.log(torch.rand(raw.shape[1], generator=q).clamp(1e-20, 1 - 1e-7)))
+                          for q in gens])
+    out = raw.clone()
+    for s in state.transformer.spans:  # one-hot spans: the Gumbel-max draw from G's softmax
+        if s.role != "value":
+            out[:, s.start:s.start + s.size] += gumbel[:, s.start:s.start + s.size]
+        else:
+            out[:, s.start] = torch.tanh(raw[:, s.start])
+    return state.transformer.inverse(out.numpy(), seeds)
+
+
+def sample(modules: dict[str, nn.Module], spec: DataSpec, fitted: Fitted, request: SampleRequest,
+           options: SampleConfig) -> TableSamples:
+    g: Generator = modules["generator"]
+    if g.training:
+        raise ModelError("sample() needs the generator in eval mode (call .eval()): in training mode BatchNorm "
+                         "makes each row depend on the others in its batch")
+    return sample_table(g.state, request, options, lambda seeds, conds: _propose(g, seeds, conds))
+
+
+def health(config: Config, window: dict[str, float]) -> str | None:
+    return None

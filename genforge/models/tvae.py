@@ -1,0 +1,173 @@
+"""TVAE family: a variational autoencoder for tables, the second model of Xu et al. 2019 ("Modeling
+Tabular Data using Conditional GAN", NeurIPS, arXiv 1907.00503, sec. 4.4 and appendix), trained on
+the same mode-specific normalisation as CTGAN (`genforge.tabular.vgm`).
+
+Loss, as the reference implementation: for every value span a Gaussian likelihood with a learned
+scale per span, sum((x - tanh(x_hat))^2 / 2 sigma^2) + log(sigma) per row; for every one-hot span
+the cross-entropy of its logits; the sum times `loss_factor` (2), plus the KL of q(z|x) from N(0, I),
+both per row. After each update the scales are clamped to [0.01, 1]. Adam at 1e-3, weight decay 1e-5.
+
+Sampling: item i draws z and the noise on its values from its own seed; one-hot spans take their
+most likely option (the reference implementation's argmax: z carries the variety) and value spans
+tanh(x_hat) + sigma * noise, as the reference implementation's inverse transform does.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from genforge.config import StrictModel
+from genforge.errors import ModelError
+from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
+from genforge.tabular.family import TableState, encode_table, fit_table, sample_table
+from genforge.tabular.sampling import Rules, SampleOptions
+from genforge.tabular.vgm import TransformConfig
+
+
+class Config(StrictModel):
+    """The `model:` section; defaults are the reference implementation's."""
+
+    family: Literal["tvae"]
+    embedding_dim: int = Field(default=128, ge=1)  # z
+    compress_dims: list[int] = Field(default=[128, 128], min_length=1)  # the encoder's hidden layers
+    decompress_dims: list[int] = Field(default=[128, 128], min_length=1)  # the decoder's
+    loss_factor: float = Field(default=2.0, gt=0.0)  # the reconstruction term's weight against the KL
+    transform: TransformConfig = TransformConfig()
+    rules: Rules = Rules()
+
+
+class SampleConfig(SampleOptions):
+    """The run's `sample:` section."""
+
+
+KINDS = ("table",)
+EMA = ("decoder",)
+HEADLINE = "loss"
+GRAD_SYNC = "ddp"
+TUNABLE = ("rules", "loss_factor")
+REQUEST_OPTIONS = ("where", "max_rounds")
+
+
+def _mlp(dims: list[int], i: int) -> tuple[nn.Sequential, int]:
+    layers = []
+    for d in dims:
+        layers += [nn.Linear(i, d), nn.ReLU()]
+        i = d
+    return nn.Sequential(*layers), i
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: Config, width: int):
+        super().__init__()
+        self.body, dim = _mlp(config.compress_dims, width)
+        self.mu, self.logvar = nn.Linear(dim, config.embedding_dim), nn.Linear(dim, config.embedding_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)
+        return self.mu(h), self.logvar(h)
+
+
+class Decoder(nn.Module):
+    """z -> raw outputs, and one learned scale per output (used by the value spans)."""
+
+    def __init__(self, config: Config, width: int, state: TableState):
+        super().__init__()
+        body, dim = _mlp(config.decompress_dims, config.embedding_dim)
+        self.body = nn.Sequential(*body, nn.Linear(dim, width))
+        self.sigma = nn.Parameter(torch.full((width,), 0.1))
+        self.z_dim, self.loss_factor = config.embedding_dim, config.loss_factor
+        self.state = state  # the fitted table: what sampling decodes with (the run's fitted state, not saved here)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(z)
+
+
+def optimizers(config: Config) -> dict[str, OptimizerSpec]:
+    return {"vae": OptimizerSpec(("encoder", "decoder"), lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-5)}
+
+
+def fit(config: Config, dataset: Any) -> tuple[DataSpec, Fitted]:
+    return fit_table(config.rules, config.transform, dataset)
+
+
+def encode(config: Config, spec: DataSpec, fitted: Fitted, dataset: Any, split: str) -> Batch:
+    return encode_table(TableState.of(fitted), dataset, split)
+
+
+def build(config: Config, spec: DataSpec, fitted: Fitted) -> dict[str, nn.Module]:
+    if spec.kind != "table":
+        raise ModelError(f"the tvae family trains on table datasets, got a {spec.kind} dataset")
+    state = TableState.of(fitted)
+    width = state.transformer.width
+    return {"encoder": Encoder(config, width), "decoder": Decoder(config, width, state)}
+
+
+def _losses(dec: Decoder, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
+            recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reconstruction, KL), each summed over a row and averaged over rows."""
+    n, terms = len(x), []
+    for s in dec.state.transformer.spans:
+        if s.role == "value":
+            sigma = dec.sigma[s.start]
+            terms.append(((x[:, s.start] - torch.tanh(recon[:, s.start])) ** 2 / 2 / sigma ** 2).sum()
+                         + torch.log(sigma) * n)
+        else:
+            piece = slice(s.start, s.start + s.size)
+            terms.append(F.cross_entropy(recon[:, piece], x[:, piece].argmax(1), reduction="sum"))
+    kl = -0.5 * torch.sum(1 + logvar - mu ** 2 - logvar.exp())
+    return torch.stack(terms).sum() / n, kl / n
+
+
+def _forward(modules: dict[str, nn.Module], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    enc: Encoder = modules["encoder"]
+    dec: Decoder = modules["decoder"]
+    mu, logvar = enc(x)
+    z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    return _losses(dec, x, mu, logvar, dec(z))
+
+
+def train_step(modules: dict[str, nn.Module], batch: Batch, opt: Optimizer, step: int) -> dict[str, torch.Tensor]:
+    dec: Decoder = modules["decoder"]
+    recon, kl = _forward(modules, batch["x"])
+    loss = dec.loss_factor * recon + kl
+    opt.step("vae", loss)
+    with torch.no_grad():
+        dec.sigma.clamp_(0.01, 1.0)
+    return {"loss": loss.detach(), "recon": recon.detach(), "kl": kl.detach()}
+
+
+def val_loss(modules: dict[str, nn.Module], batch: Batch) -> tuple[dict[str, torch.Tensor], float]:
+    dec: Decoder = modules["decoder"]
+    recon, kl = _forward(modules, batch["x"])
+    return {"loss": dec.loss_factor * recon + kl, "recon": recon, "kl": kl}, len(batch["x"])
+
+
+def _propose(dec: Decoder, seeds: list[int], conditions: list[dict[str, Any]]) -> pd.DataFrame:
+    """One candidate row per seed: z and the values' noise from that seed (conditions by rejection)."""
+    device = dec.sigma.device
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    z = torch.stack([torch.randn(dec.z_dim, generator=q) for q in gens]).to(device)
+    raw = dec(z).float().cpu()
+    noise = torch.stack([torch.randn(raw.shape[1], generator=q) for q in gens])
+    sigma = dec.sigma.detach().float().cpu()
+    out = raw.clone()
+    for s in dec.state.transformer.spans:
+        if s.role == "value":
+            out[:, s.start] = torch.tanh(raw[:, s.start]) + sigma[s.start] * noise[:, s.start]
+    return dec.state.transformer.inverse(out.numpy(), seeds)
+
+
+def sample(modules: dict[str, nn.Module], spec: DataSpec, fitted: Fitted, request: SampleRequest,
+           options: SampleConfig) -> TableSamples:
+    dec: Decoder = modules["decoder"]
+    return sample_table(dec.state, request, options, lambda seeds, conds: _propose(dec, seeds, conds))
+
+
+def health(config: Config, window: dict[str, float]) -> str | None:
+    return None
