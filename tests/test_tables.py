@@ -82,6 +82,8 @@ def test_conditions_one_several_ranges_impossible_and_unknown(orders_run):
     assert set(both["region"]) == {"south"} and set(both["vip"]) == {True}
     ranged = genforge.generate(orders_run.id, 30, seed=1, conditions=[{"amount": {"min": 100, "max": 200}}] * 30).samples.frame
     assert ranged["amount"].between(100, 200).all()
+    harbin = genforge.generate(orders_run.id, 5, seed=1, options={"where": {"city": "Harbin"}}).samples.frame
+    assert set(harbin["city"]) == {"Harbin"} and set(harbin["province"]) == {"Heilongjiang"}  # a member of a combination
     per_row = genforge.generate(orders_run.id, 3, seed=1, conditions=[{"region": "east"}, {}, {"qty": 5}]).samples.frame
     assert per_row["region"][0] == "east" and per_row["qty"][2] == 5
     with pytest.raises(ModelError, match=r"could not be generated.*relax the condition"):

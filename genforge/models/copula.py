@@ -68,7 +68,7 @@ def _variables(codec: Codec) -> list[tuple[str, str]]:
     for c in codec.learned:
         if c.kind == "continuous":
             out.append((c.name, "value"))
-            if c.missing_share > 0:
+            if c.nullable:  # missing somewhere in the dataset, maybe not in train
                 out.append((c.name, "present"))
         else:
             out.append((c.name, "category"))

@@ -40,6 +40,7 @@ from genforge.errors import ModelError
 from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
 from genforge.tabular.family import TableState, encode_table, fit_table, sample_table
 from genforge.tabular.sampling import Rules, SampleOptions
+from genforge.tabular.segments import Segments
 from genforge.tabular.vgm import TransformConfig
 
 
@@ -124,58 +125,47 @@ class Conditions(nn.Module):
         self.cond_starts = list(np.cumsum([0] + self.sizes[:-1]))
         self.dim = sum(self.sizes)
         learned = {c.name: c for c in state.codec.learned}
-        counts = [torch.tensor(learned[s.column].frequencies, dtype=torch.float64) * state.rows for s in cats]
-        freq = [c / c.sum() for c in counts]
-        logf = [torch.log(c + 1) for c in counts]  # log(count + 1), as the reference implementation
-        for j, (f, lf) in enumerate(zip(freq, logf)):
-            self.register_buffer(f"freq{j}", f.float(), persistent=False)
-            self.register_buffer(f"logp{j}", (lf / lf.sum()).float(), persistent=False)
+        k = max(self.sizes, default=1)
+        freq, logp = torch.zeros(len(cats), k, dtype=torch.float64), torch.zeros(len(cats), k, dtype=torch.float64)
+        for j, s in enumerate(cats):
+            counts = torch.tensor(learned[s.column].frequencies, dtype=torch.float64) * state.rows
+            freq[j, :s.size] = counts / counts.sum()
+            logp[j, :s.size] = torch.log(counts + 1) / torch.log(counts + 1).sum()  # log(count + 1), as the reference
+        # (column, category) probabilities padded to the largest column: one multinomial draws every row's category
+        self.register_buffer("freq", freq.float(), persistent=False)
+        self.register_buffer("logp", logp.float(), persistent=False)
+        self.register_buffer("cond_start", torch.tensor(self.cond_starts, dtype=torch.long), persistent=False)
+        self.register_buffer("data_start", torch.tensor(self.data_starts, dtype=torch.long), persistent=False)
 
     @property
     def n(self) -> int:
         return len(self.sizes)
 
-    def probs(self, j: int, log: bool) -> torch.Tensor:
-        return getattr(self, f"{'logp' if log else 'freq'}{j}")
-
     def vector(self, cols: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
         """(B, dim) one-hots: category cats[b] of discrete column cols[b]."""
         out = torch.zeros(len(cols), self.dim, device=cols.device)
         if self.dim:
-            starts = torch.tensor(self.cond_starts, device=cols.device)[cols]
-            out[torch.arange(len(cols), device=cols.device), starts + cats] = 1.0
+            out[torch.arange(len(cols), device=cols.device), self.cond_start[cols] + cats] = 1.0
         return out
 
     def draw(self, n: int, device: torch.device, log: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Training-by-sampling's conditions: a column uniformly, a category by (log-)frequency."""
         cols = torch.randint(self.n, (n,), device=device)
-        cats = torch.empty(n, dtype=torch.long, device=device)
-        for j in range(self.n):
-            rows = cols == j
-            cats[rows] = torch.multinomial(self.probs(j, log), int(rows.sum()), replacement=True)
-        return cols, cats
+        return cols, torch.multinomial((self.logp if log else self.freq)[cols], 1).squeeze(1)
 
 
-def activate(x: torch.Tensor, state: TableState, tau: float) -> torch.Tensor:
+def activate(x: torch.Tensor, seg: Segments, tau: float) -> torch.Tensor:
     """tanh on value spans, Gumbel-softmax on one-hot spans: G's outputs in the data's form."""
-    parts = []
-    for s in state.transformer.spans:
-        piece = x[:, s.start:s.start + s.size]
-        parts.append(torch.tanh(piece) if s.role == "value" else F.gumbel_softmax(piece, tau=tau))
-    return torch.cat(parts, dim=1)
+    return seg.assemble(torch.tanh(x[:, seg.values]), seg.gumbel_softmax(x, tau))
 
 
-def cond_loss(x: torch.Tensor, cond: Conditions, cols: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of G's logits for the conditioned column against the condition (paper eq. in 4.3)."""
+def cond_loss(x: torch.Tensor, seg: Segments, cond: Conditions, cols: torch.Tensor, cats: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of G's logits for the conditioned column against the condition (paper sec. 4.3)."""
     if not cond.n:
         return torch.zeros((), device=x.device)
-    losses = torch.zeros(len(cols), device=x.device)
-    for j in range(cond.n):
-        rows = cols == j
-        if rows.any():
-            s = cond.data_starts[j]
-            losses[rows] = F.cross_entropy(x[rows, s:s + cond.sizes[j]], cats[rows], reduction="none")
-    return losses.mean()
+    logp = torch.zeros_like(x)
+    logp[:, seg.cols] = seg.log_softmax(x)
+    return -logp.gather(1, (cond.data_start[cols] + cats)[:, None]).mean()
 
 
 # ---- the contract -------------------------------------------------------------------------------
@@ -201,6 +191,7 @@ def build(config: Config, spec: DataSpec, fitted: Fitted) -> dict[str, nn.Module
     cond = Conditions(state)
     g = Generator(config, state.transformer.width, cond.dim, state)
     g.cond = cond
+    g.seg = Segments([(s.start, s.size, s.role != "value") for s in state.transformer.spans], state.transformer.width)
     return {"generator": g, "discriminator": Discriminator(config, state.transformer.width + cond.dim)}
 
 
@@ -219,10 +210,7 @@ def _real_with_conditions(cond: Conditions, x: torch.Tensor, codes: torch.Tensor
     n = len(x)
     cols = torch.randint(cond.n, (n,), device=x.device)
     cats = codes.gather(1, cols[:, None]).squeeze(1)
-    w = torch.empty(n, device=x.device)
-    for j in range(cond.n):
-        rows = cols == j
-        w[rows] = cond.probs(j, True)[cats[rows]] / cond.probs(j, False)[cats[rows]].clamp_min(1e-12)
+    w = cond.logp[cols, cats] / cond.freq[cols, cats].clamp_min(1e-12)
     pick = torch.multinomial(w, n, replacement=True)
     return x[pick], cols[pick], cats[pick]
 
@@ -248,7 +236,7 @@ def train_step(modules: dict[str, nn.Module], batch: Batch, opt: Optimizer, step
 
     # 1. critic: E[D(fake)] - E[D(real)] + lambda * GP
     with torch.no_grad():
-        fake = activate(g(torch.randn(n, g.z_dim, device=x.device), c_fake), g.state, tau)
+        fake = activate(g(torch.randn(n, g.z_dim, device=x.device), c_fake), g.seg, tau)
     real_in, fake_in = torch.cat([real, c_real], 1), torch.cat([fake, c_fake], 1)
     d_real, d_fake = d(real_in), d(fake_in)
     d_loss = d_fake.mean() - d_real.mean()
@@ -260,8 +248,8 @@ def train_step(modules: dict[str, nn.Module], batch: Batch, opt: Optimizer, step
     c = cond.vector(cols, cats)
     raw = g(torch.randn(n, g.z_dim, device=x.device), c)
     d.requires_grad_(False)
-    adv = -d(torch.cat([activate(raw, g.state, tau), c], 1)).mean()
-    ce = cond_loss(raw, cond, cols, cats)
+    adv = -d(torch.cat([activate(raw, g.seg, tau), c], 1)).mean()
+    ce = cond_loss(raw, g.seg, cond, cols, cats)
     opt.step("generator", adv + ce)
     d.requires_grad_(True)
     return {"d_loss": d_loss.detach(), "gp": gp.detach(), "g_loss": adv.detach(), "cond_ce": ce.detach()}
@@ -282,9 +270,9 @@ def val_loss(modules: dict[str, nn.Module], batch: Batch) -> tuple[dict[str, tor
     else:
         cols = cats = torch.zeros(n, dtype=torch.long, device=x.device)
     c = cond.vector(cols, cats)
-    fake = activate(g(torch.randn(n, g.z_dim, device=x.device), c), g.state, g.tau)
+    fake = activate(g(torch.randn(n, g.z_dim, device=x.device), c), g.seg, g.tau)
     d_loss = d(torch.cat([fake, c], 1)).mean() - d(torch.cat([x, c], 1)).mean()
-    return {"d_loss": d_loss, "cond_ce": cond_loss(g(torch.randn(n, g.z_dim, device=x.device), c), cond, cols, cats)}, n
+    return {"d_loss": d_loss, "cond_ce": cond_loss(g(torch.randn(n, g.z_dim, device=x.device), c), g.seg, cond, cols, cats)}, n
 
 
 def _propose(g: Generator, seeds: list[int], conditions: list[dict[str, Any]]) -> pd.DataFrame:
@@ -303,7 +291,7 @@ def _propose(g: Generator, seeds: list[int], conditions: list[dict[str, Any]]) -
             cols[i], cats[i] = asked[0]
         elif cond.n:
             cols[i] = int(torch.randint(cond.n, (1,), generator=q))
-            cats[i] = int(torch.multinomial(cond.probs(int(cols[i]), False).cpu(), 1, generator=q))
+            cats[i] = int(torch.multinomial(cond.freq[int(cols[i])].cpu(), 1, generator=q))
     raw = g(z, cond.vector(cols.to(device), cats.to(device))).float().cpu()
     gumbel = torch.stack([-torch.log(-torch.log(torch.rand(raw.shape[1], generator=q).clamp(1e-20, 1 - 1e-7)))
                           for q in gens])

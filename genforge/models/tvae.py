@@ -27,6 +27,7 @@ from genforge.errors import ModelError
 from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
 from genforge.tabular.family import TableState, encode_table, fit_table, sample_table
 from genforge.tabular.sampling import Rules, SampleOptions
+from genforge.tabular.segments import Segments
 from genforge.tabular.vgm import TransformConfig
 
 
@@ -83,6 +84,7 @@ class Decoder(nn.Module):
         self.sigma = nn.Parameter(torch.full((width,), 0.1))
         self.z_dim, self.loss_factor = config.embedding_dim, config.loss_factor
         self.state = state  # the fitted table: what sampling decodes with (the run's fitted state, not saved here)
+        self.seg = Segments([(s.start, s.size, s.role != "value") for s in state.transformer.spans], width)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.body(z)
@@ -110,18 +112,14 @@ def build(config: Config, spec: DataSpec, fitted: Fitted) -> dict[str, nn.Module
 
 def _losses(dec: Decoder, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
             recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(reconstruction, KL), each summed over a row and averaged over rows."""
-    n, terms = len(x), []
-    for s in dec.state.transformer.spans:
-        if s.role == "value":
-            sigma = dec.sigma[s.start]
-            terms.append(((x[:, s.start] - torch.tanh(recon[:, s.start])) ** 2 / 2 / sigma ** 2).sum()
-                         + torch.log(sigma) * n)
-        else:
-            piece = slice(s.start, s.start + s.size)
-            terms.append(F.cross_entropy(recon[:, piece], x[:, piece].argmax(1), reduction="sum"))
+    """(reconstruction, KL), each summed over a row and averaged over rows. The data's one-hot spans
+    are exact one-hots, so their cross-entropies are -sum(x * log_softmax) over the one-hot columns."""
+    seg, n = dec.seg, len(x)
+    sigma = dec.sigma[seg.values]
+    values = ((x[:, seg.values] - torch.tanh(recon[:, seg.values])) ** 2 / 2 / sigma ** 2).sum() + torch.log(sigma).sum() * n
+    onehot = -(x[:, seg.cols] * seg.log_softmax(recon)).sum()
     kl = -0.5 * torch.sum(1 + logvar - mu ** 2 - logvar.exp())
-    return torch.stack(terms).sum() / n, kl / n
+    return (values + onehot) / n, kl / n
 
 
 def _forward(modules: dict[str, nn.Module], x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,9 +155,8 @@ def _propose(dec: Decoder, seeds: list[int], conditions: list[dict[str, Any]]) -
     noise = torch.stack([torch.randn(raw.shape[1], generator=q) for q in gens])
     sigma = dec.sigma.detach().float().cpu()
     out = raw.clone()
-    for s in dec.state.transformer.spans:
-        if s.role == "value":
-            out[:, s.start] = torch.tanh(raw[:, s.start]) + sigma[s.start] * noise[:, s.start]
+    v = dec.seg.values.cpu()
+    out[:, v] = torch.tanh(raw[:, v]) + sigma[v] * noise[:, v]
     return dec.state.transformer.inverse(out.numpy(), seeds)
 
 

@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from genforge import __version__
-from genforge.serve import errors, images, metrics, text
+from genforge.serve import errors, images, metrics, tables, text
 from genforge.serve.config import ServeConfig, load_serve_config
 from genforge.serve.context import State, admit, state
 from genforge.serve.edge import Edge, JSONFormatter
@@ -85,6 +85,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     errors.install(app)
     app.include_router(text.router)
     app.include_router(images.router)
+    app.include_router(tables.router)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Any:

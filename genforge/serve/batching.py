@@ -4,9 +4,14 @@
   sequences join the running batch at the next decoding step and leave the step they finish, so a
   short answer never waits for a long one and a new request never waits for a batch to drain.
 - `ItemBatcher`: images and tables batch whole requests: those that arrive within `max_wait_ms`
-  are merged, up to `max_batch` items, into one `Model.sample` call and split again.
+  are merged, up to `max_batch` images or `max_rows` rows, into one `Model.sample` call and split
+  again. A merged call that fails is run again request by request, so one request's failure (a
+  condition no row meets) is its own and not its batch-mates'.
 
-Either way every item keeps its own seed, so a response is what the same request gets alone.
+Either way every item keeps its own seed, so a response is what the same request gets alone. One
+exception, by design: a table's `rules.unique` holds across the rows of one `Model.sample` call, so
+in a merged call it holds across the merged requests too, and a row that would repeat a batch-mate's
+value is drawn again.
 Results cross back to asyncio with `loop.call_soon_threadsafe`.
 """
 
@@ -152,6 +157,9 @@ class TextEngine:
 
 @dataclass
 class ItemJob:
+    """One request. Requests merged into one call must agree on which per-item fields they set (a
+    table request always sets `conditions`, `{}` for a row without one)."""
+
     request: SampleRequest
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
@@ -229,9 +237,12 @@ class ItemBatcher:
         try:
             samples = self.model.sample(merged, batch_size=max(self.max_items, 1))
             parts = _split(samples, [r.n for r in reqs])
-        except Exception as e:  # noqa: BLE001 - handed to each waiting request, which maps it
-            for j in batch:
-                j.loop.call_soon_threadsafe(_fail, j.future, e)
+        except Exception as e:  # noqa: BLE001 - handed to the waiting request, which maps it
+            if len(batch) > 1:  # whose failure is it? each request alone
+                for j in batch:
+                    self._sample([j], j.request.n)
+            else:
+                batch[0].loop.call_soon_threadsafe(_fail, batch[0].future, e)
             return
         if self.on_batch:
             self.on_batch(items, self.depth())

@@ -32,7 +32,8 @@ class ServedModel(StrictModel):
 
 
 class Batching(StrictModel):
-    max_batch: int = Field(default=32, ge=1, le=256)  # text: rows decoding together; images/tables: items per call
+    max_batch: int = Field(default=32, ge=1, le=256)  # text: rows decoding together; images: images per call
+    max_rows: int = Field(default=10_000, ge=1, le=100_000)  # tables: rows per call (rows are cheap)
     max_wait_ms: float = Field(default=10.0, ge=0.0, le=1000.0)  # images/tables: how long a batch waits to fill
     max_queue: int = Field(default=256, ge=1, le=100_000)  # requests waiting per model; beyond: 429
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 from dataclasses import dataclass, field
@@ -12,7 +13,9 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from genforge.errors import ConfigError
+from genforge.models import SampleRequest, Samples
 from genforge.serve import metrics
+from genforge.serve.batching import ItemJob
 from genforge.serve.config import ServeConfig
 from genforge.serve.errors import APIError
 from genforge.serve.keys import Key, RateLimiter
@@ -117,3 +120,26 @@ def family_extras(request: Request, current: Served, extras: dict[str, Any]) -> 
 
 def seed_of(seed: int | None) -> int:
     return secrets.randbits(63) if seed is None else seed
+
+
+async def generate_items(request: Request, current: Served, sample: SampleRequest, unit: str) -> Samples:
+    """Images or table rows: `sample.n` units from the key's limits, the request queued on the
+    model's ItemBatcher (merged with those of the same options), and its own share of the batch."""
+    reservation = await admit(request, sample.n)
+    loop = asyncio.get_running_loop()
+    job = ItemJob(sample, loop, loop.create_future(), json.dumps(sample.options, sort_keys=True))
+    try:
+        current.engine.submit(job)
+    except APIError:
+        await reservation.settle(0)
+        raise
+    timeout, samples = state(request).config.limits.request_timeout_s, None
+    try:
+        samples = await asyncio.wait_for(job.future, timeout)
+    except TimeoutError:
+        raise APIError(503, f"the {unit} took longer than request_timeout_s ({timeout} s)", code="timeout",
+                       retry_after=5.0) from None
+    finally:
+        await reservation.settle(0 if samples is None else len(samples))
+    metrics.GENERATED.labels(current.name, unit).inc(len(samples))
+    return samples

@@ -19,8 +19,8 @@ from genforge.serve.errors import APIError, response
 from genforge.serve.keys import KeyStore
 
 log = logging.getLogger("genforge.serve")
-ROUTES = {"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/images/generations", "/healthz", "/readyz",
-          "/metrics"}
+ROUTES = {"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/images/generations",
+          "/v1/tables/generations", "/healthz", "/readyz", "/metrics"}
 
 
 class JSONFormatter(logging.Formatter):

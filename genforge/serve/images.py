@@ -4,10 +4,8 @@ back as base64 PNGs (`b64_json`); genforge hosts no files, so `url` is refused."
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
-import json
 import time
 from typing import Any
 
@@ -16,9 +14,7 @@ from fastapi.responses import JSONResponse
 
 from genforge.models import SampleRequest, item_seeds
 from genforge.outputs import to_pil
-from genforge.serve import metrics
-from genforge.serve.batching import ItemJob
-from genforge.serve.context import admit, bound, family_extras, options, seed_of, served, state
+from genforge.serve.context import bound, family_extras, generate_items, options, seed_of, served, state
 from genforge.serve.errors import APIError
 from genforge.serve.protocol import ImageRequest
 
@@ -58,24 +54,8 @@ async def generate_images(req: ImageRequest, request: Request) -> Any:
         labels = None
     chosen = family_extras(request, current, req.extras())
     options(current, chosen)  # validated now, so a bad option is this request's 400, not its batch's failure
-    reservation = await admit(request, req.n)
-    loop = asyncio.get_running_loop()
-    job = ItemJob(SampleRequest(item_seeds(seed_of(req.seed), req.n), labels, options=chosen), loop,
-                  loop.create_future(), json.dumps(chosen, sort_keys=True))
-    try:
-        current.engine.submit(job)
-    except APIError:
-        await reservation.settle(0)
-        raise
-    timeout, samples = st.config.limits.request_timeout_s, None
-    try:
-        samples = await asyncio.wait_for(job.future, timeout)
-    except TimeoutError:
-        raise APIError(503, f"the images took longer than request_timeout_s ({timeout} s)", code="timeout",
-                       retry_after=5.0) from None
-    finally:
-        await reservation.settle(0 if samples is None else len(samples))
-    metrics.GENERATED.labels(current.name, "images").inc(len(samples))
+    samples = await generate_items(request, current, SampleRequest(item_seeds(seed_of(req.seed), req.n), labels,
+                                                                   options=chosen), "images")
     names = [classes[y] if classes else "" for y in (samples.labels or [None] * len(samples))]
     data = [{"b64_json": _png(img), "revised_prompt": name} for img, name in zip(samples.images, names)]
     return JSONResponse({"created": int(time.time()), "model": current.name,

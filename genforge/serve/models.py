@@ -18,6 +18,7 @@ from genforge.sampling import Model, load_model
 from genforge.serve import metrics
 from genforge.serve.batching import ItemBatcher, TextEngine
 from genforge.serve.config import ServeConfig, ServedModel
+from genforge.tabular.family import TableState
 
 log = logging.getLogger("genforge.serve")
 
@@ -29,6 +30,7 @@ class Served:
     source: str  # "registry:digits@champion" or "run:<id>"
     model: Model
     engine: TextEngine | ItemBatcher
+    table: TableState | None = None  # a table model's columns and categories: requests are checked against them
 
     @property
     def kind(self) -> str:
@@ -74,9 +76,11 @@ class Slot:
         def on_step(rows: int, depth: int) -> None:
             metrics.BATCH.labels(name).observe(rows)
             metrics.QUEUE.labels(name).set(depth)
-        engine = (TextEngine(model, b.max_batch, b.max_queue, on_step) if model.spec.kind == "text" else
-                  ItemBatcher(model, b.max_batch, b.max_wait_ms, b.max_queue, on_step))
-        return Served(name, version, source, model, engine)
+        kind = model.spec.kind
+        engine = (TextEngine(model, b.max_batch, b.max_queue, on_step) if kind == "text" else
+                  ItemBatcher(model, b.max_rows if kind == "table" else b.max_batch, b.max_wait_ms, b.max_queue,
+                              on_step))
+        return Served(name, version, source, model, engine, TableState.of(model.fitted) if kind == "table" else None)
 
     def refresh(self) -> bool:
         """Load the source's current version if it is not the one served; True when it swapped."""

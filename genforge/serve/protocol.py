@@ -74,9 +74,12 @@ class ImageRequest(Open):
     seed: int | None = None
 
 
+Condition = dict[str, Any]  # column -> the value a row must have, or -> {"min": a, "max": b}
+
+
 class TableRequest(Open):
     model: str
-    n: int = Field(default=100, ge=1)
-    conditions: dict[str, Any] | None = None  # column -> value every row must have
-    format: Literal["json", "csv"] = "json"
+    n: int = Field(default=100, ge=1)  # rows
+    conditions: Condition | list[Condition] | None = None  # one for every row, or one per row
+    response_format: Literal["json", "csv"] = "json"  # rows as objects in `data`, or one csv text in `csv`
     seed: int | None = None

@@ -308,12 +308,15 @@ class Codec:
 
     def condition(self, column: str, value: Any) -> tuple[str, int | float]:
         """A user's condition -> (learned name, code) for a discrete column, (name, float) for a
-        continuous one (datetimes in UTC seconds). A fixed combination is conditioned on as a whole:
-        column "a+b" with a value [a_value, b_value]."""
+        continuous one (datetimes in UTC seconds). A fixed combination is conditioned on as a whole
+        (column "a+b" with a value [a_value, b_value]) or by a member alone: (member, the index of
+        the value among its categories), which the model meets by rejection, not as a learned code."""
         if column in self._member_of:
-            group = self._member_of[column]
-            raise ConfigError(f"column {column!r} is in the fixed combination {group!r}: condition on {group!r} "
-                              f"with one value per column, e.g. {list(self._learned[group].categories[0])!r}")
+            spec = self._spec[column]
+            key = _category(spec, value)
+            if key not in spec.categories:
+                raise ConfigError(f"{column!r} has no category {value!r}; categories: {_listed(list(spec.categories))}")
+            return column, spec.categories.index(key)
         if column not in self._learned:
             why = " (ids are synthesised, not learned)" if column in self._spec else ""
             raise ConfigError(f"cannot condition on {column!r}{why}; columns: {_listed(list(self._learned))}")

@@ -4,7 +4,7 @@ References: Xu et al. 2019, "Modeling Tabular Data using Conditional GAN" (CTGAN
 
 A continuous column is rarely one Gaussian: a variational Gaussian mixture (sklearn's Dirichlet-process
 `BayesianGaussianMixture`) finds its modes, and each value becomes (alpha, one-hot mode): the mode k
-drawn from the value's posterior over the modes, alpha = (x - mu_k) / (4 sigma_k), clipped to
+drawn from the value's posterior over the modes that can hold it, alpha = (x - mu_k) / (4 sigma_k), clipped to
 [-0.99, 0.99] (the paper's eq. in sec. 4.2). A column that may be missing adds a present/missing
 one-hot; a discrete column is a one-hot of its categories. Spans say where each part lies, so the
 model can put tanh on values and softmax on one-hots.
@@ -78,8 +78,8 @@ def fit_modes(x: np.ndarray, config: TransformConfig, rng: np.random.Generator) 
         return Modes((float(x[0]) if len(x) else 0.0,), (1.0,), (1.0,))
     center, scale = float(x.mean()), float(x.std())  # fitted standardised: the priors and reg_covar are scale-free then
     gm = BayesianGaussianMixture(n_components=min(config.max_modes, distinct), weight_concentration_prior_type="dirichlet_process",
-                                 weight_concentration_prior=0.001, max_iter=100, n_init=1,
-                                 random_state=int(rng.integers(2**31)))
+                                 weight_concentration_prior=0.001, max_iter=100, n_init=1, covariance_type="diag",
+                                 random_state=int(rng.integers(2**31)))  # diag: in 1-D the same model as "full", 8x faster
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         gm.fit(((x - center) / scale)[:, None])
@@ -88,16 +88,8 @@ def fit_modes(x: np.ndarray, config: TransformConfig, rng: np.random.Generator) 
     if not keep.any():
         keep = weights == weights.max()
     return Modes(tuple(float(center + scale * m) for m in gm.means_[keep, 0]),
-                 tuple(float(scale * np.sqrt(c)) for c in gm.covariances_[keep, 0, 0]),
+                 tuple(float(scale * np.sqrt(c)) for c in gm.covariances_[keep, 0]),
                  tuple(float(w) for w in weights[keep]))
-
-
-def posterior(x: np.ndarray, modes: Modes) -> np.ndarray:
-    """(N,) values -> (N, K) probability of each mode: w_k N(x; mu_k, sigma_k), normalised."""
-    mu, sigma, w = (np.array(a) for a in (modes.means, modes.stds, modes.weights))
-    logp = np.log(w) - np.log(sigma) - 0.5 * ((x[:, None] - mu) / sigma) ** 2  # (N, K)
-    p = np.exp(logp - logp.max(axis=1, keepdims=True))
-    return p / p.sum(axis=1, keepdims=True)
 
 
 class TableTransformer:
@@ -148,10 +140,17 @@ class TableTransformer:
             if missing.any() and not lc.nullable:
                 raise DataError(f"column {lc.name!r} has missing values, but none in its dataset when the model was fitted")
             x = np.where(missing, modes.mean, v)  # a missing value's alpha/mode encode the column mean
-            p = posterior(x, modes)
-            k = np.minimum((p.cumsum(axis=1) < rng.random(n)[:, None]).sum(axis=1), p.shape[1] - 1)  # (N,) drawn modes
-            mu, sigma = np.array(modes.means)[k], np.array(modes.stds)[k]
-            out[:, self._parts[lc.name, "value"].start] = np.clip((x - mu) / (4 * sigma), -0.99, 0.99)
+            mu, sigma, w = (np.array(a) for a in (modes.means, modes.stds, modes.weights))
+            z = (x[:, None] - mu) / (4 * sigma)  # (N, K) the value's alpha in each mode
+            logp = np.log(w) - np.log(sigma) - 8 * z**2  # (N, K) log w_k N(x; mu_k, sigma_k) + const
+            # draw only among the modes that hold the value within |alpha| <= 0.99 (where any does):
+            # CTGAN draws from all, and a tail mode then clips the value
+            fits = np.abs(z) <= 0.99
+            logp = np.where(fits | ~fits.any(axis=1, keepdims=True), logp, -np.inf)
+            p = np.exp(logp - logp.max(axis=1, keepdims=True))
+            p /= p.sum(axis=1, keepdims=True)
+            k = np.minimum((p.cumsum(axis=1) < rng.random(n)[:, None]).sum(axis=1), len(mu) - 1)  # (N,) drawn modes
+            out[:, self._parts[lc.name, "value"].start] = np.clip(z[rows, k], -0.99, 0.99)
             out[rows, self._parts[lc.name, "mode"].start + k] = 1
             if lc.nullable:
                 out[rows, self._parts[lc.name, "missing"].start + missing] = 1
@@ -167,7 +166,7 @@ class TableTransformer:
     def inverse(self, x: np.ndarray, seeds: Sequence[int]) -> pd.DataFrame:
         """A generator's output (N, width), any real numbers -> rows: one-hots by argmax, values
         clipped to [-1, 1]; seeds: one per row (ids are made from them)."""
-        x = np.asarray(x, dtype=np.float64)
+        x = np.asarray(x)
         if x.ndim != 2 or x.shape[1] != self.width or len(x) != len(seeds):
             raise ModelError(f"inverse takes ({len(seeds)}, {self.width}) values (one row per seed), got {x.shape}")
         hot = lambda sp: x[:, sp.start:sp.start + sp.size].argmax(axis=1)  # noqa: E731
@@ -178,7 +177,7 @@ class TableTransformer:
                 continue
             modes = self.modes[lc.name]
             k = hot(self._parts[lc.name, "mode"])
-            alpha = np.clip(x[:, self._parts[lc.name, "value"].start], -1, 1)
+            alpha = np.clip(x[:, self._parts[lc.name, "value"].start].astype(np.float64), -1, 1)
             v = alpha * 4 * np.array(modes.stds)[k] + np.array(modes.means)[k]
             if lc.nullable:
                 v[hot(self._parts[lc.name, "missing"]) == 1] = np.nan

@@ -1,0 +1,79 @@
+"""POST /v1/tables/generations for the table families (copula, ctgan, tvae): `n` rows, `conditions`
+(one mapping for every row, or one per row; column -> value, or -> {"min", "max"}), `seed`, and the
+family's options (`where`, `max_rounds`) as extra fields. Rows come back as JSON objects (`data`)
+or as one csv text (`csv`), with the columns and their types, as OpenAI has no such endpoint to
+follow. Each row has its own seed, so a request's rows are the same alone or merged with others
+(up to `rules.unique`: see `batching`)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import pandas as pd
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+
+from genforge.errors import ConfigError, ModelError
+from genforge.models import SampleRequest, item_seeds
+from genforge.serve.context import bound, family_extras, generate_items, options, seed_of, served, state
+from genforge.serve.errors import APIError
+from genforge.serve.protocol import Condition, TableRequest
+from genforge.tabular.family import TableState
+from genforge.tabular.sampling import check_conditions
+
+router = APIRouter()
+
+
+def _per_row(req: TableRequest) -> tuple[Condition, ...]:
+    if req.conditions is None or isinstance(req.conditions, dict):
+        return (req.conditions or {},) * req.n
+    if len(req.conditions) != req.n:
+        raise APIError(400, f"conditions holds {len(req.conditions)} mappings for n = {req.n} rows: give one mapping "
+                            "for every row, or a list of one per row", param="conditions", code="invalid_value")
+    return tuple(req.conditions)
+
+
+def _check(table: TableState, conditions: Sequence[Condition], param: str) -> None:
+    """Unknown columns and categories are refused here, naming the known ones: a merged call would
+    otherwise fail first and run every request in it again alone."""
+    values = {(col, repr(v)): (col, v) for c in conditions for col, v in c.items() if not isinstance(v, dict)}
+    try:
+        check_conditions(conditions, table.output_columns, len(conditions))
+        for col, value in values.values():
+            table.codec.condition(col, value)
+    except ConfigError as e:
+        raise APIError(400, f"{param}: {e}", param=param, code="invalid_condition") from None
+
+
+def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows as JSON values: missing ones (NaN, NaT, NA) as null, datetimes in ISO 8601, numpy scalars as Python's."""
+    out = frame.astype(object).where(frame.notna(), None)
+    for col in frame.columns:
+        if pd.api.types.is_datetime64_any_dtype(frame[col]):
+            out[col] = [None if t is None else t.isoformat() for t in out[col]]
+    return out.to_dict("records")
+
+
+@router.post("/v1/tables/generations")
+async def generate_tables(req: TableRequest, request: Request) -> Any:
+    started = time.perf_counter()
+    current = served(request, req.model, "table")
+    bound(req.n, state(request).config.limits.max_rows, "n", "max_rows")
+    conditions = _per_row(req)
+    chosen = family_extras(request, current, req.extras())
+    _check(current.table, conditions, "conditions")
+    _check(current.table, [options(current, chosen).where], "where")
+    try:
+        samples = await generate_items(request, current, SampleRequest(item_seeds(seed_of(req.seed), req.n),
+                                                                        conditions=conditions, options=chosen), "rows")
+    except ModelError as e:  # no row met a condition in max_rounds: the request asked for what the model cannot make
+        param = "conditions" if req.conditions else "where" if chosen.get("where") else None
+        raise APIError(400, str(e), param=param, code="condition_unmet") from None
+    frame, types = samples.frame, {c.name: c.type for c in current.model.spec.columns}
+    body = {"object": "table", "created": int(time.time()), "model": current.name,
+            "system_fingerprint": current.fingerprint,
+            "columns": [{"name": c, "type": types[c]} for c in frame.columns],
+            **({"csv": frame.to_csv(index=False)} if req.response_format == "csv" else {"data": _records(frame)}),
+            "usage": {"rows": len(frame), "seconds": round(time.perf_counter() - started, 3)}}
+    return JSONResponse(body, headers={"x-genforge-model-version": current.fingerprint})
