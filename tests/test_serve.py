@@ -4,7 +4,9 @@ send) talking to `genforge serve` running in its own process on 127.0.0.1."""
 import base64
 import io
 import json
+import math
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -15,10 +17,12 @@ import urllib.request
 from pathlib import Path
 
 import openai
+import pandas as pd
 import pytest
 import yaml
 from PIL import Image
 
+import genforge
 from genforge import registry
 from genforge.evaluation.pipeline import EvalOptions, evaluate_run
 from genforge.runconfig import parse_run_config
@@ -91,7 +95,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory):
-    """A workspace with a tiny language model and a tiny conditional GAN, trained once."""
+    """A workspace with a tiny language model, a tiny conditional GAN and a penguins copula, trained once."""
     home = tmp_path_factory.mktemp("serve")
     mp = pytest.MonkeyPatch()
     mp.setenv("GENFORGE_HOME", str(home))
@@ -106,6 +110,8 @@ def home(tmp_path_factory):
         cfg["sample"] = {"max_tokens": 8}
         train(parse_run_config(cfg))
         train(parse_run_config(tiny_config("gan", name="digits-gan")))
+        genforge.ingest("builtin:penguins", "penguins")
+        train(parse_run_config(tiny_config("copula", name="penguins")))
         for seed in (1, 2):  # two versions of a registered model, for the swap test
             run = train(parse_run_config(tiny_config("gan", name="digits-reg", seed=seed))).name
             evaluate_run(run, EvalOptions(n=32, seed=0))
@@ -115,9 +121,10 @@ def home(tmp_path_factory):
     return home
 
 
-CONFIG = {"models": [{"name": "writer", "run": "writer"}, {"name": "digits", "run": "digits-gan"}],
-          "limits": {"max_tokens": 32, "max_n": 4, "max_images": 8, "max_body_bytes": 20000, "max_prompt_tokens": 48,
-                     "max_streams": 1},
+CONFIG = {"models": [{"name": "writer", "run": "writer"}, {"name": "digits", "run": "digits-gan"},
+                     {"name": "penguins", "run": "penguins"}],
+          "limits": {"max_tokens": 32, "max_n": 4, "max_images": 8, "max_rows": 200, "max_body_bytes": 20000,
+                     "max_prompt_tokens": 48, "max_streams": 1},
           "batching": {"max_batch": 8, "max_wait_ms": 5}, "reload_interval_s": 0}
 
 
@@ -135,7 +142,8 @@ def key(home):
 
 def test_completions_chat_and_streaming_with_the_openai_client(server, key):
     client = server.client(key)
-    assert {m.id for m in client.models.list().data} == {"writer", "digits"}
+    kinds = {m.id: m.model_extra["kind"] for m in client.models.list().data}
+    assert kinds == {"writer": "text", "digits": "image", "penguins": "table"}
     a = client.completions.create(model="writer", prompt="好", max_tokens=6, seed=1, temperature=0.9)
     b = client.completions.create(model="writer", prompt="好", max_tokens=6, seed=1, temperature=0.9)
     assert a.choices[0].text == b.choices[0].text and a.choices[0].finish_reason in ("stop", "length")
@@ -176,6 +184,116 @@ def test_images_come_back_as_pngs_of_the_asked_class(server, key):
     with pytest.raises(openai.BadRequestError) as e:
         client.images.generate(model="writer", prompt="3")
     assert e.value.body["code"] == "wrong_model_kind"
+
+
+def tables(client: openai.OpenAI, **body) -> dict:
+    """POST /v1/tables/generations with the openai client's generic call (it has no tables resource)."""
+    return client.post("/tables/generations", body={"model": "penguins", **body}, cast_to=dict)
+
+
+def batches(server: Server, key: str) -> float:
+    """How many Model.sample calls the penguins model has made."""
+    text = http("GET", server.url + "/metrics", key).text
+    return float(re.search(r'genforge_batch_size_count\{model="penguins"\} (\S+)', text).group(1))
+
+
+def test_tables_as_json_and_csv_the_same_alone_or_merged(server, key):
+    client = server.client(key)
+    a = tables(client, n=60, seed=3)
+    names = [c["name"] for c in a["columns"]]
+    assert a["model"] == "penguins" and a["system_fingerprint"].startswith("penguins:") and a["usage"]["rows"] == 60
+    assert names == ["species", "island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "sex",
+                     "year"] and {"name": "species", "type": "categorical"} in a["columns"]
+    assert len(a["data"]) == 60 and all(list(row) == names for row in a["data"])
+    assert not any(isinstance(v, float) and math.isnan(v) for row in a["data"] for v in row.values())  # null, not NaN
+    assert tables(client, n=60, seed=3)["data"] == a["data"]
+    csv = tables(client, n=60, seed=3, response_format="csv")
+    assert "data" not in csv and csv["usage"]["rows"] == 60
+    back = pd.read_csv(io.StringIO(csv["csv"]))
+    assert list(back.columns) == names and back["species"].tolist() == [r["species"] for r in a["data"]]
+    # concurrent requests are merged into one call, and each gets the rows it gets alone
+    bodies = [dict(n=5 + i, seed=i, conditions=[{"island": "Dream"}] + [{}] * (4 + i) if i % 2 else {"sex": "female"})
+              for i in range(6)]
+    alone = [tables(client, **b)["data"] for b in bodies]
+    for _ in range(5):
+        before, merged = batches(server, key), [None] * len(bodies)
+        barrier = threading.Barrier(len(bodies))
+
+        def call(i: int) -> None:
+            barrier.wait()
+            merged[i] = tables(client, **bodies[i])["data"]
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(len(bodies))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert merged == alone
+        if batches(server, key) - before < len(bodies):
+            break
+    else:
+        pytest.fail("concurrent table requests were never merged into one call")
+
+
+def test_table_conditions_are_met_or_refused_naming_the_param(server, key):
+    client = server.client(key)
+    gentoo = tables(client, n=20, seed=1, conditions={"species": "Gentoo"})["data"]
+    assert {r["species"] for r in gentoo} == {"Gentoo"}
+    per_row = tables(client, n=3, seed=1, conditions=[{"island": "Dream"}, {}, {"sex": "female", "year": 2008}])["data"]
+    assert per_row[0]["island"] == "Dream" and (per_row[2]["sex"], per_row[2]["year"]) == ("female", 2008)
+    ranged = tables(client, n=20, seed=1, conditions={"bill_length_mm": {"min": 40, "max": 45}})["data"]
+    assert all(40 <= r["bill_length_mm"] <= 45 for r in ranged)
+    where = tables(client, n=10, seed=1, where={"island": "Biscoe"})["data"]  # the family's option, as an extra field
+    assert {r["island"] for r in where} == {"Biscoe"}
+    with pytest.raises(openai.BadRequestError) as e:
+        tables(client, n=2, conditions={"species": "Dodo"})
+    assert e.value.body["param"] == "conditions" and "'Adelie'" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        tables(client, n=2, conditions={"colour": "red"})
+    assert e.value.body["param"] == "conditions" and "bill_length_mm" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        tables(client, n=3, conditions=[{}, {}])
+    assert e.value.body["param"] == "conditions"
+    impossible = {"bill_length_mm": {"min": 1000}}
+    with pytest.raises(openai.BadRequestError) as e:
+        tables(client, n=2, conditions=impossible)
+    assert e.value.body["code"] == "condition_unmet" and "relax the condition" in e.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as e:
+        tables(client, n=201)
+    assert e.value.body["param"] == "n" and "max_rows of 200" in e.value.body["message"]
+    # an impossible request merged with good ones fails alone: the good ones get their own rows
+    good = [dict(n=4, seed=s, conditions={"species": "Adelie"}) for s in range(3)]
+    alone = [tables(client, **b)["data"] for b in good]
+    out: list = [None] * 4
+    barrier = threading.Barrier(4)
+
+    def call(i: int) -> None:
+        barrier.wait()
+        try:
+            out[i] = tables(client, **good[i])["data"] if i < 3 else tables(client, n=2, conditions=impossible)
+        except openai.BadRequestError as e:
+            out[i] = e.body["code"]
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert out == [*alone, "condition_unmet"]
+    r = http("POST", server.url + "/v1/tables/generations", json_body={"model": "penguins", "n": 2})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "missing_api_key"
+
+
+def test_table_rows_count_against_the_keys_units(server, home):
+    secret = KeyStore(home / "keys.db").create("few-rows", units_per_minute=50)[0]
+    client = server.client(secret)
+    with pytest.raises(openai.BadRequestError) as e:
+        tables(client, n=60)
+    assert e.value.body["code"] == "units_per_minute" and "can never fit" in e.value.body["message"]
+    tables(client, n=40)
+    with pytest.raises(openai.RateLimitError) as e:
+        tables(client, n=40)
+    assert e.value.body["code"] == "units_per_minute"
+    metrics = http("GET", server.url + "/metrics", secret).text
+    assert re.search(r'genforge_generated_total\{model="penguins",unit="rows"\} \d', metrics)
 
 
 def test_errors_are_openai_error_bodies(server, key):

@@ -48,11 +48,11 @@ def _check(table: TableState, conditions: Sequence[Condition], param: str) -> No
 
 def _records(frame: pd.DataFrame) -> list[dict[str, Any]]:
     """Rows as JSON values: missing ones (NaN, NaT, NA) as null, datetimes in ISO 8601, numpy scalars as Python's."""
-    out = frame.astype(object).where(frame.notna(), None)
+    out = frame.astype(object)
     for col in frame.columns:
         if pd.api.types.is_datetime64_any_dtype(frame[col]):
-            out[col] = [None if t is None else t.isoformat() for t in out[col]]
-    return out.to_dict("records")
+            out[col] = frame[col].map(lambda t: t.isoformat(), na_action="ignore").astype(object)
+    return out.where(frame.notna(), None).to_dict("records")
 
 
 @router.post("/v1/tables/generations")
