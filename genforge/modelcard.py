@@ -68,6 +68,18 @@ def _serving(run: Any) -> list[str]:
         return [f"`genforge serve`: `POST /v1/images/generations` (OpenAI's API); the prompt is {prompt}; "
                 f"`size` {run.data_spec.width}x{run.data_spec.height}.",
                 f"Request options (extra fields): {options}, `n`, `seed`."]
+    if kind == "table":
+        cols = run.data_spec.columns
+        skipped = [c.name for c in cols if c.type == "text"]
+        ids = [c.name for c in cols if c.type == "id"]
+        rules = run.config.model.rules.model_dump(exclude_defaults=True)
+        return ["`genforge serve`: `POST /v1/tables/generations` (`n` rows, `conditions`, `response_format` json or csv).",
+                f"Columns generated: {', '.join(c.name for c in cols if c.type != 'text')}"
+                + (f"; free text not generated: {', '.join(skipped)}" if skipped else "")
+                + (f"; synthetic ids (never real ones): {', '.join(ids)}" if ids else "") + ".",
+                f"Business rules every row satisfies: {rules or 'none configured'}. No row equals a real row of "
+                "the dataset (checked on normalised values; such rows are drawn again).",
+                f"Request options (extra fields): {options}, `n`, `seed`."]
     return [f"Request options: {options}."]
 
 

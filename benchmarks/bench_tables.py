@@ -1,0 +1,539 @@
+"""genforge's table synthesizers (ctgan, tvae, copula) against SDV's CTGAN, TVAE and Gaussian copula.
+
+    bash benchmarks/setup_tables.sh                          # SDV in a venv of its own; plotnine's two tables
+    .venv/bin/python benchmarks/bench_tables.py --write      # 4 tables x 3 models x 2 contenders -> results/tables.md
+    .venv/bin/python benchmarks/bench_tables.py --quick --tables penguins   # every path in a few minutes
+
+Four real tables shipped inside PyPI packages: palmerpenguins' penguins (344 rows, missing values),
+scikit-learn's breast cancer (569 rows, 30 numbers, the diagnosis as a categorical column), and from
+plotnine's wheel txhousing (8,602 rows, missing values, `city` categorical with 46 values) and
+diamonds (53,940 rows, 7 numbers and 3 categorical columns). Each is split once, seeded, 80/20
+(scikit-learn's `train_test_split`: txhousing -> 6,881 train rows), and every contender gets the same
+train rows with the same column types: the table's categorical columns categorical, every other one
+numeric (SDV's `Metadata.detect_from_dataframes` would call txhousing's `city` PII and replace it with
+fake names; the detected types are recorded in the json).
+
+Each contender fits and samples in a fresh process of its own (isolation, and its peak RSS from
+`getrusage` in that process): genforge in .venv through its Python API (`ingest` of the train rows,
+all kept in train, none dropped as duplicates; `train`; `generate`) in a temporary GENFORGE_HOME with
+tracking off; SDV in benchmarks/out/tables/sdv-venv (see setup_tables.sh for why not .venv). Same
+epochs and batch for both: the batch is min(--batch, train rows rounded down to a multiple of 10, as
+CTGAN's pac of 10 needs); genforge's steps are what SDV does in those epochs (CTGAN: max(rows // batch,
+1) per epoch, TVAE: ceil(rows / batch), the copula: one). Contenders alternate per model (genforge
+ctgan, sdv ctgan, genforge tvae, ...) so load from elsewhere falls on both.
+
+Figures per contender:
+- fit s: SDV's `synthesizer.fit`; genforge's `train` (its own preprocessing, the model, one final
+  checkpoint). Preparation beside it (genforge's ingest; SDV's metadata detection), not in the ratio.
+- sampling rows/s: max(train rows, 1,000) rows in one call (`synthesizer.sample`; genforge's
+  `generate`, which also loads the run from disk and writes the rows).
+- peak RSS of the contender's process (imports included; the RSS after imports beside it).
+- quality: sdmetrics' single-table `QualityReport` score of the first train-rows synthetic rows against
+  the real train rows, as SDV reports it, and genforge's `evaluation.tabular.quality_report` beside it.
+- TSTR: accuracy on the real held-out rows of a seeded random forest (100 trees, one-hot categories,
+  median-filled numbers) trained on as many synthetic rows as there are real train rows; the real row
+  is the same forest trained on the real train rows.
+- exact copies: share of synthetic rows equal to a train row on normalised values
+  (`evaluation.tabular.exact_copy_share`); the real row: held-out rows equal to a train row.
+Targets (from the issue): each genforge model fits at least 2x faster than its SDV counterpart at equal
+or better quality (sdmetrics' score), and genforge's best model per table at least matches SDV's best
+in quality and in TSTR accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent
+REPO = ROOT.parent
+OUT = ROOT / "out" / "tables"
+SDV_PYTHON = OUT / "sdv-venv" / "bin" / "python"
+RESULTS_MD = ROOT / "results" / "tables.md"
+RESULTS_JSON = ROOT / "results" / "tables.json"
+FLAGS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}
+TABLES = ("penguins", "breast_cancer", "txhousing", "diamonds")
+MODELS = ("ctgan", "tvae", "copula")
+CONTENDERS = ("genforge", "sdv")
+SDV_CLASS = {"ctgan": "CTGANSynthesizer", "tvae": "TVAESynthesizer", "copula": "GaussianCopulaSynthesizer"}
+# the categorical columns of each table (every other column is numeric) and the TSTR target
+CATEGORICAL = {"penguins": ["species", "island", "sex"], "breast_cancer": ["target"], "txhousing": ["city"],
+               "diamonds": ["cut", "color", "clarity"]}
+TARGET = {"penguins": "species", "breast_cancer": "target", "txhousing": "city", "diamonds": "cut"}
+MISSING = "<missing>"
+
+
+# --- the tables (parent, .venv) -----------------------------------------------------------------------
+
+def load_table(name: str) -> pd.DataFrame:
+    if name == "penguins":
+        from palmerpenguins import load_penguins
+        return load_penguins()
+    if name == "breast_cancer":
+        from sklearn.datasets import load_breast_cancer
+        data = load_breast_cancer(as_frame=True)
+        frame = data.frame.copy()
+        frame["target"] = [str(data.target_names[i]) for i in frame["target"]]
+        return frame
+    path = OUT / f"{name}.csv"
+    if not path.exists():
+        sys.exit(f"{path} is missing: run bash benchmarks/setup_tables.sh (it takes {name}.csv out of plotnine's wheel)")
+    return pd.read_csv(path)
+
+
+def prepare(name: str, seed: int, holdout: float) -> dict[str, Any]:
+    """Split the table once and write train/holdout parquet files every contender reads."""
+    from sklearn.model_selection import train_test_split
+    frame = load_table(name)
+    cats = CATEGORICAL[name]
+    for c in frame.columns:  # plain dtypes that pandas 2 (SDV's venv) and 3 read alike
+        frame[c] = frame[c].astype(object).where(frame[c].notna(), None) if c in cats else frame[c].astype("float64")
+    train, held = (f.reset_index(drop=True) for f in train_test_split(frame, test_size=holdout, random_state=seed))
+    folder = OUT / "run" / name
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    train.to_parquet(folder / "train.parquet", index=False)
+    held.to_parquet(folder / "holdout.parquet", index=False)
+    meta = {"table": name, "rows": len(frame), "train_rows": len(train), "holdout_rows": len(held),
+            "columns": list(frame.columns), "categorical": cats, "target": TARGET[name],
+            "missing_cells": int(frame.isna().sum().sum())}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    return meta
+
+
+def steps_for(model: str, rows: int, batch: int, epochs: int) -> int:
+    """The optimizer steps SDV takes in `epochs` (CTGAN drops the last partial batch, TVAE's loader keeps it)."""
+    if model == "ctgan":
+        return epochs * max(rows // batch, 1)
+    if model == "tvae":
+        return epochs * math.ceil(rows / batch)
+    return 1  # the copula is fitted, not trained: one step is the least a genforge budget can say
+
+
+# --- one contender in its own process (child) ---------------------------------------------------------
+
+def peak_rss_mb() -> float:
+    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+
+
+def child_sdv(args: argparse.Namespace, train: pd.DataFrame, meta: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    import random
+
+    import numpy as np
+    import torch
+    from sdv import single_table
+    import torch._dynamo  # noqa: F401  (as in genforge's child: the optimizers' first construction imports it)
+    from sdv.metadata import Metadata
+    torch.set_num_threads(args.threads)
+    import_rss = peak_rss_mb()
+    random.seed(args.seed), np.random.seed(args.seed), torch.manual_seed(args.seed)
+    name, cats = meta["table"], meta["categorical"]
+
+    t = time.perf_counter()
+    metadata = Metadata.detect_from_dataframes({name: train})
+    detected = {c: v["sdtype"] for c, v in metadata.to_dict()["tables"][name]["columns"].items()}
+    table = metadata.to_dict()["tables"][name]
+    if table.get("primary_key"):
+        metadata.remove_primary_key(name)
+    for c in train.columns:  # the same types as genforge gets: the table's categoricals, every other column numeric
+        if c in cats and detected[c] != "categorical":
+            metadata.update_column(column_name=c, table_name=name, sdtype="categorical")
+        elif c not in cats and detected[c] != "numerical":
+            metadata.update_column(column_name=c, table_name=name, sdtype="numerical")
+    metadata.validate()
+    prep_s = time.perf_counter() - t
+
+    cls = getattr(single_table, SDV_CLASS[args.model])
+    kw = {} if args.model == "copula" else {"epochs": args.epochs, "batch_size": args.batch_size, "enable_gpu": False}
+    synth = cls(metadata, **kw)
+    t = time.perf_counter()
+    synth.fit({name: train})  # SDV 2 takes tables by name, also for one table
+    fit_s = time.perf_counter() - t
+    t = time.perf_counter()
+    rows = synth.sample(num_rows=args.n)
+    sample_s = time.perf_counter() - t
+    if isinstance(rows, dict):  # SDV 2: {table name: rows}
+        (rows,) = rows.values()
+    changed = {c: s for c, s in detected.items() if s != ("categorical" if c in cats else "numerical")}
+    return rows, {"prep_s": prep_s, "fit_s": fit_s, "sample_s": sample_s, "import_rss_mb": import_rss,
+                  "sdv_detected_differently": changed, "settings": kw}
+
+
+# what the benchmark sets itself in genforge's run config; the rest of `train:` comes from the shipped config
+BENCH_TRAIN_KEYS = {"steps", "epochs", "minutes", "batch_size", "seed", "threads", "val_every", "val_items",
+                    "checkpoint_every", "keep_checkpoints", "log_every", "init_from"}
+
+
+def shipped_settings(model: str) -> dict[str, Any]:
+    """The training settings of the family's shipped config (configs/<model>-penguins.yaml: the reference
+    implementation's optimizer, schedule, clipping, EMA and precision), less the budget, batch, seed and
+    validation, which the benchmark sets, and less the model's table-specific `rules`."""
+    import yaml
+    path = REPO / "configs" / f"{model}-penguins.yaml"
+    if not path.exists():
+        return {"path": None, "model": {}, "train": {}}
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return {"path": str(path.relative_to(REPO)),
+            "model": {k: v for k, v in data.get("model", {}).items() if k not in ("family", "rules")},
+            "train": {k: v for k, v in data.get("train", {}).items() if k not in BENCH_TRAIN_KEYS}}
+
+
+def child_genforge(args: argparse.Namespace, train: pd.DataFrame, meta: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    import torch
+    from rich.console import Console
+
+    import genforge.runs  # noqa: F401  (imported before the baseline RSS, as SDV's modules are)
+    import genforge.trainer  # noqa: F401
+    import sklearn.mixture  # noqa: F401  (genforge imports it when it first fits; SDV's rdt at import)
+    import torch._dynamo  # noqa: F401  (the optimizers' first construction imports it, in both contenders' fits)
+    from genforge import api
+    torch.set_num_threads(args.threads)
+    import_rss = peak_rss_mb()
+    name, cats = meta["table"], meta["categorical"]
+    types = {c: "categorical" if c in cats else "numeric" for c in train.columns}
+
+    t = time.perf_counter()
+    api.ingest(str(Path(args.dir) / "train.parquet"), name.replace("_", "-"),
+               {"kind": "table", "table": {"types": types, "drop_duplicate_rows": False},
+                "split": {"val": 0.0, "test": 0.0, "seed": args.seed}})
+    prep_s = time.perf_counter() - t
+
+    steps = steps_for(args.model, len(train), args.batch_size, args.epochs)
+    shipped = shipped_settings(args.model)
+    config = {"name": f"bench-{args.model}", "data": {"dataset": name.replace("_", "-"), "val_split": "train"},
+              "model": {**shipped["model"], "family": args.model},
+              "train": {**shipped["train"], "steps": steps, "batch_size": args.batch_size, "seed": args.seed,
+                        "threads": args.threads, "val_every": 0, "checkpoint_every": steps}}
+    t = time.perf_counter()
+    run = api.train(config, overrides=args.gf_set or None, console=Console(stderr=True, quiet=True))
+    fit_s = time.perf_counter() - t
+    t = time.perf_counter()
+    rows = api.generate(run.id, args.n, seed=args.seed, batch_size=args.n).samples.frame
+    sample_s = time.perf_counter() - t
+    return rows, {"prep_s": prep_s, "fit_s": fit_s, "sample_s": sample_s, "import_rss_mb": import_rss, "steps": steps,
+                  "config": config, "config_from": shipped["path"], "overrides": args.gf_set}
+
+
+def child(args: argparse.Namespace) -> None:
+    folder = Path(args.dir)
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    train = pd.read_parquet(folder / "train.parquet")
+    fn = child_sdv if args.child == "sdv" else child_genforge
+    rows, info = fn(args, train, meta)
+    rows.to_parquet(folder / f"{args.child}-{args.model}.parquet", index=False)
+    print(json.dumps({**info, "rows": len(rows), "peak_rss_mb": peak_rss_mb()}))
+
+
+def child_sdmetrics(args: argparse.Namespace) -> None:
+    """sdmetrics' QualityReport (in SDV's venv) of each named frame against the real train rows."""
+    import warnings
+
+    from sdmetrics.reports.single_table import QualityReport
+    warnings.filterwarnings("ignore")
+    folder = Path(args.dir)
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    cats = meta["categorical"]
+    sdmeta = {"columns": {c: {"sdtype": "categorical" if c in cats else "numerical"} for c in meta["columns"]}}
+
+    def plain(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame[meta["columns"]].head(meta["train_rows"]).copy()
+        for c in frame.columns:
+            frame[c] = frame[c].astype(object) if c in cats else pd.to_numeric(frame[c], errors="coerce").astype("float64")
+        return frame
+
+    real = plain(pd.read_parquet(folder / "train.parquet"))
+    out = {}
+    for name in args.frames.split(","):
+        report = QualityReport()
+        report.generate(real, plain(pd.read_parquet(folder / f"{name}.parquet")), sdmeta, verbose=False)
+        props = report.get_properties()
+        out[name] = {"score": float(report.get_score()),
+                     **{str(p): float(s) for p, s in zip(props["Property"], props["Score"])}}
+    print(json.dumps(out))
+
+
+# --- scoring (parent, .venv) --------------------------------------------------------------------------
+
+def tstr_accuracy(train: pd.DataFrame, test: pd.DataFrame, target: str, cats: list[str], seed: int, threads: int) -> float:
+    """Accuracy on the real `test` rows of a random forest trained on `train` (synthetic or real)."""
+    from sklearn.compose import ColumnTransformer
+    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    def plain(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame[list(test.columns)].copy()
+        for c in frame.columns:
+            if c in cats:
+                frame[c] = [MISSING if pd.isna(v) else str(v) for v in frame[c].astype(object)]
+            else:
+                frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
+        return frame[frame[target] != MISSING]
+
+    a, b = plain(train), plain(test)
+    xcats = [c for c in cats if c != target]
+    nums = [c for c in a.columns if c not in cats]
+    model = make_pipeline(
+        ColumnTransformer([("cat", OneHotEncoder(handle_unknown="ignore"), xcats),
+                           ("num", SimpleImputer(strategy="median", keep_empty_features=True), nums)]),
+        RandomForestClassifier(n_estimators=100, random_state=seed, n_jobs=threads))
+    if a[target].nunique() < 2:  # one class only: the forest can only predict it
+        return float((b[target] == a[target].iloc[0]).mean()) if len(a) else 0.0
+    model.fit(a.drop(columns=[target]), a[target])
+    return float((model.predict(b.drop(columns=[target])) == b[target].to_numpy()).mean())
+
+
+def sdmetrics_scores(folder: Path, frames: list[str]) -> dict[str, Any]:
+    if not SDV_PYTHON.exists():
+        return {f: {"error": "no sdv-venv: run bash benchmarks/setup_tables.sh"} for f in frames}
+    p = subprocess.run([str(SDV_PYTHON), "-W", "ignore", __file__, "--child", "sdmetrics", "--dir", str(folder),
+                        "--frames", ",".join(frames)], capture_output=True, text=True)
+    if p.returncode:
+        return {f: {"error": p.stderr.strip()[-2000:]} for f in frames}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def run_contender(args: argparse.Namespace, contender: str, model: str, folder: Path, meta: dict[str, Any],
+                  batch: int, n: int) -> dict[str, Any]:
+    python = str(SDV_PYTHON) if contender == "sdv" else sys.executable
+    if contender == "sdv" and not SDV_PYTHON.exists():
+        return {"error": "no sdv-venv: run bash benchmarks/setup_tables.sh"}
+    home = OUT / "work" / f"{meta['table']}-{contender}-{model}"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    env = {**os.environ, "GENFORGE_HOME": str(home), "GENFORGE_TRACKING": "off", "PYTHONWARNINGS": "ignore"}
+    cmd = [python, __file__, "--child", contender, "--model", model, "--dir", str(folder), "--epochs", str(args.epochs),
+           "--batch-size", str(batch), "--n", str(n), "--threads", str(args.threads), "--seed", str(args.seed)]
+    for s in args.gf_set:
+        cmd += ["--gf-set", s]
+    t = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=args.child_timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {args.child_timeout} s"}
+    finally:
+        if not args.keep:
+            shutil.rmtree(home, ignore_errors=True)
+    wall = time.perf_counter() - t
+    if p.returncode:
+        return {"error": (p.stderr.strip() or p.stdout.strip())[-3000:]}
+    return {**json.loads(p.stdout.strip().splitlines()[-1]), "process_s": wall}
+
+
+def bench_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    from genforge.evaluation.tabular import exact_copy_share, quality_report
+
+    meta = prepare(name, args.seed, args.holdout)
+    folder = OUT / "run" / name
+    rows = meta["train_rows"]
+    batch = min(args.batch, rows // 10 * 10)
+    n = max(rows, 1000)
+    cats, target = meta["categorical"], meta["target"]
+    print(f"\n== {name}: {meta['rows']} rows, {rows} train / {meta['holdout_rows']} held out, "
+          f"categorical {cats}, {meta['missing_cells']} missing cells; epochs {args.epochs}, batch {batch}, "
+          f"{n} rows sampled; load {os.getloadavg()[0]:.2f}", flush=True)
+    results: dict[str, dict[str, Any]] = {}
+    for model in args.models:
+        for contender in args.contenders:
+            key = f"{contender}-{model}"
+            r = run_contender(args, contender, model, folder, meta, batch, n)
+            results[key] = r
+            if "error" in r:
+                print(f"  {key}: FAILED\n    " + r["error"].replace("\n", "\n    "), flush=True)
+            else:
+                print(f"  {key}: fit {r['fit_s']:.1f} s, sampled {r['rows']} rows in {r['sample_s']:.2f} s, "
+                      f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+
+    train = pd.read_parquet(folder / "train.parquet")
+    held = pd.read_parquet(folder / "holdout.parquet")
+    done = [k for k, r in results.items() if "error" not in r]
+    sdm = sdmetrics_scores(folder, [*done, "holdout"])
+    real = {"quality_sdmetrics": sdm["holdout"].get("score"), "sdmetrics": sdm["holdout"],
+            "quality_genforge": quality_report(train, held, cats)["score"],
+            "tstr_accuracy": tstr_accuracy(train, held, target, cats, args.seed, args.threads),
+            "exact_copies": exact_copy_share(train, held, cats)}
+    for k in done:
+        synth = pd.read_parquet(folder / f"{k}.parquet").head(rows)
+        r = results[k]
+        r["sample_rows_per_s"] = r["rows"] / r["sample_s"]
+        r["sdmetrics"] = sdm.get(k, {})
+        r["quality_sdmetrics"] = r["sdmetrics"].get("score")
+        r["quality_genforge"] = quality_report(train, synth, cats)["score"]
+        r["tstr_accuracy"] = tstr_accuracy(synth, held, target, cats, args.seed, args.threads)
+        r["exact_copies"] = exact_copy_share(train, synth, cats)
+    return {"meta": meta, "batch": batch, "epochs": args.epochs, "n_sampled": n, "contenders": results, "real": real}
+
+
+# --- report -------------------------------------------------------------------------------------------
+
+def fmt(v: Any, spec: str = ".3f") -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
+
+
+def table_report(name: str, t: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    m = t["meta"]
+    lines = [f"### {name}: {m['rows']:,} rows ({m['train_rows']:,} train, {m['holdout_rows']:,} held out), "
+             f"categorical {', '.join(m['categorical'])}, TSTR target `{m['target']}`", "",
+             f"Epochs {t['epochs']}, batch {t['batch']}, {t['n_sampled']:,} rows sampled; quality and TSTR on the "
+             f"first {m['train_rows']:,}.", "",
+             "| model | contender | fit s | prep s | sampling rows/s | peak RSS MB (after imports) | quality sdmetrics | "
+             "quality genforge | TSTR accuracy | exact copies |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    res = t["contenders"]
+    for key, r in res.items():
+        contender, model = key.split("-", 1)
+        if "error" in r:
+            lines.append(f"| {model} | {contender} | failed: {r['error'].splitlines()[-1][:120]} |||||||")
+            continue
+        lines.append(f"| {model} | {contender} | {r['fit_s']:.1f} | {r['prep_s']:.1f} | {r['sample_rows_per_s']:,.0f} | "
+                     f"{r['peak_rss_mb']:,.0f} ({r['import_rss_mb']:,.0f}) | {fmt(r['quality_sdmetrics'])} | "
+                     f"{fmt(r['quality_genforge'])} | {fmt(r['tstr_accuracy'])} | {fmt(r['exact_copies'], '.4f')} |")
+    real = t["real"]
+    lines += [f"| real held-out rows | | | | | | {fmt(real['quality_sdmetrics'])} | {fmt(real['quality_genforge'])} | "
+              f"{fmt(real['tstr_accuracy'])} | {fmt(real['exact_copies'], '.4f')} |", ""]
+    ok = lambda k: k in res and "error" not in res[k]  # noqa: E731
+    pairs = [m_ for m_ in args.models if ok(f"genforge-{m_}") and ok(f"sdv-{m_}")]
+    if pairs:
+        lines += ["| model | SDV fit s / genforge fit s | quality genforge - SDV (sdmetrics) | TSTR genforge - SDV | "
+                  "target: >= 2x and quality >= SDV's |", "|---|---:|---:|---:|---|"]
+        for model in pairs:
+            g, s = res[f"genforge-{model}"], res[f"sdv-{model}"]
+            ratio = s["fit_s"] / g["fit_s"]
+            dq = None if g["quality_sdmetrics"] is None or s["quality_sdmetrics"] is None else g["quality_sdmetrics"] - s["quality_sdmetrics"]
+            met = ratio >= 2 and dq is not None and dq >= 0
+            lines.append(f"| {model} | {ratio:.2f}x | {fmt(dq, '+.3f')} | {g['tstr_accuracy'] - s['tstr_accuracy']:+.3f} | "
+                         f"{'met' if met else 'NOT met'} |")
+        lines.append("")
+    best = {}
+    for contender in ("genforge", "sdv"):
+        mine = [res[f"{contender}-{m_}"] for m_ in args.models if ok(f"{contender}-{m_}")]
+        if mine:
+            best[contender] = (max(r["quality_sdmetrics"] or float("-inf") for r in mine), max(r["tstr_accuracy"] for r in mine))
+    if len(best) == 2:
+        (gq, ga), (sq, sa) = best["genforge"], best["sdv"]
+        lines += [f"Best model: quality genforge {gq:.3f} vs SDV {sq:.3f}, TSTR accuracy genforge {ga:.3f} vs SDV {sa:.3f} "
+                  f"(real {fmt(real['tstr_accuracy'])}): target {'met' if gq >= sq and ga >= sa else 'NOT met'}.", ""]
+    return lines
+
+
+def machine_info() -> dict[str, Any]:
+    from genforge.devices import cpu_flags
+    model = next((line.split(":", 1)[1].strip() for line in os.popen("lscpu").read().splitlines()
+                  if line.startswith("Model name")), platform.processor() or "?")
+    sdv_versions = {}
+    if SDV_PYTHON.exists():
+        p = subprocess.run([str(SDV_PYTHON), "-W", "ignore", "-c",
+                            "import json, importlib.metadata as m; print(json.dumps({k: m.version(k) for k in "
+                            "('sdv', 'sdmetrics', 'ctgan', 'rdt', 'copulas', 'torch', 'pandas')}))"],
+                           capture_output=True, text=True)
+        sdv_versions = json.loads(p.stdout) if p.returncode == 0 else {"error": p.stderr[-300:]}
+    git = os.popen(f"git -C {REPO} rev-parse --short HEAD").read().strip()
+    dirty = bool(os.popen(f"git -C {REPO} status --porcelain --untracked-files=no").read().strip())
+    return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": model, "cores": os.cpu_count(),
+            "flags": ", ".join(sorted(cpu_flags() & FLAGS)) or "none of " + ", ".join(sorted(FLAGS)),
+            "genforge": {"torch": version("torch"), "pandas": version("pandas"), "scikit-learn": version("scikit-learn"),
+                         "genforge": version("genforge")},
+            "sdv_venv": sdv_versions, "git": git + ("+dirty" if dirty else ""), "load_before": os.getloadavg()}
+
+
+def report(info: dict[str, Any], tables: dict[str, Any], args: argparse.Namespace) -> str:
+    sv = info["sdv_venv"]
+    lines = [f"## genforge vs SDV on tables, {info['date']}", "",
+             f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/bench_tables.py', *sys.argv[1:]])}`", "",
+             f"Machine: {info['cpu']}, {info['cores']} cores, {args.threads} threads per contender; flags: {info['flags']}; "
+             f"load before {', '.join(f'{x:.2f}' for x in info['load_before'])}, after "
+             f"{', '.join(f'{x:.2f}' for x in info['load_after'])}. genforge {info['genforge']['genforge']} (git {info['git']}), "
+             f"torch {info['genforge']['torch']}, pandas {info['genforge']['pandas']}; SDV's venv: sdv {sv.get('sdv', '-')}, "
+             f"sdmetrics {sv.get('sdmetrics', '-')}, ctgan {sv.get('ctgan', '-')}, rdt {sv.get('rdt', '-')}, "
+             f"torch {sv.get('torch', '-')}, pandas {sv.get('pandas', '-')}.", ""]
+    for name, t in tables.items():
+        lines += table_report(name, t, args)
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tables", default=",".join(TABLES), help=f"comma-separated: {', '.join(TABLES)}")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
+    p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma-separated: genforge, sdv")
+    p.add_argument("--epochs", type=int, default=None, help="300 (2 with --quick)")
+    p.add_argument("--table-epochs", action="append", default=[], metavar="TABLE=N",
+                   help="other epochs for one table, both contenders (diamonds=30: 300 epochs of 43k rows take SDV's "
+                        "CTGAN about half an hour here); repeatable")
+    p.add_argument("--batch", type=int, default=500, help="at most this; a table's train rows rounded down to 10 cap it")
+    p.add_argument("--holdout", type=float, default=0.2, help="share of each table held out for TSTR")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per contender")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--gf-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="an override of genforge's run config (e.g. train.ema=0); repeatable")
+    p.add_argument("--child-timeout", type=float, default=None, help="seconds one contender may take")
+    p.add_argument("--keep", action="store_true", help="keep each genforge workspace under benchmarks/out/tables/work/")
+    p.add_argument("--quick", action="store_true", help="2 epochs: every code path; the figures mean nothing")
+    p.add_argument("--write", action="store_true", help=f"append to {RESULTS_MD.relative_to(REPO)}, rewrite "
+                                                        f"{RESULTS_JSON.relative_to(REPO)} (not with --quick)")
+    # a contender's own process
+    p.add_argument("--child", choices=["genforge", "sdv", "sdmetrics"], help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--dir", help=argparse.SUPPRESS)
+    p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--frames", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child == "sdmetrics":
+        return child_sdmetrics(args)
+    if args.child:
+        return child(args)
+
+    sys.path.insert(0, str(REPO))
+    args.epochs = args.epochs or (2 if args.quick else 300)
+    split = lambda s: [x for x in s.split(",") if x]  # noqa: E731
+    args.tables, args.models, args.contenders = split(args.tables), split(args.models), split(args.contenders)
+    for option, values, known in (("--tables", args.tables, TABLES), ("--models", args.models, MODELS),
+                                  ("--contenders", args.contenders, CONTENDERS)):
+        unknown = [v for v in values if v not in known]
+        if unknown:
+            p.error(f"{option}: unknown {', '.join(unknown)}; known: {', '.join(known)}")
+    if "sdv" in args.contenders and not SDV_PYTHON.exists():
+        p.error(f"{SDV_PYTHON.relative_to(REPO)} is missing: run bash benchmarks/setup_tables.sh (or --contenders genforge)")
+    info = machine_info()
+    print(f"{info['cpu']}, {info['cores']} cores; flags {info['flags']}; load {os.getloadavg()[0]:.2f}; "
+          f"git {info['git']}", flush=True)
+    per_table = {k: int(v) for k, _, v in (x.partition("=") for x in args.table_epochs)}
+    tables = {name: bench_table(argparse.Namespace(**{**vars(args), "epochs": per_table.get(name, args.epochs)}), name)
+              for name in args.tables}
+    info["load_after"] = os.getloadavg()
+    text = report(info, tables, args)
+    print("\n" + text)
+    payload = {"info": info, "args": {k: v for k, v in vars(args).items() if k in
+                                      ("tables", "models", "contenders", "epochs", "table_epochs", "batch", "holdout",
+                                       "threads", "seed",
+                                       "gf_set", "quick")}, "tables": tables}
+    last = OUT / "last.json"
+    last.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
+    print(f"\njson: {last.relative_to(REPO)}")
+    if args.write and not args.quick:
+        from genforge.workspace import atomic_write_text
+        RESULTS_MD.parent.mkdir(exist_ok=True)
+        old = RESULTS_MD.read_text(encoding="utf-8") if RESULTS_MD.exists() else "# Tables: genforge against SDV\n\n"
+        atomic_write_text(RESULTS_MD, old + text + "\n")
+        atomic_write_text(RESULTS_JSON, json.dumps(payload, indent=1, default=str) + "\n")
+        print(f"written: {RESULTS_MD.relative_to(REPO)}, {RESULTS_JSON.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()
