@@ -45,6 +45,7 @@ from genforge.errors import DataError, ModelError
 from genforge.models import (Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TextSamples,
                              item_generators)
 from genforge.models.lora import LoraConfig, apply_lora
+from genforge.textmark import TextMark, workspace_key
 from genforge.tokenizer import TextTokenizer
 
 
@@ -84,6 +85,9 @@ class SampleConfig(StrictModel):
     repetition_penalty: float = Field(default=1.0, ge=1.0, le=10.0)  # 1: none
     stop: list[str] = Field(default=[], max_length=16)  # generation ends before the first of these
     quantize: Literal["none", "int8"] = "none"  # int8: dynamic int8 linear layers (CPU), see `quantized`
+    # a statistical watermark (genforge.textmark): green tokens' logits + watermark_delta; the operator's choice
+    watermark: bool = False
+    watermark_delta: float = Field(default=2.0, gt=0.0, le=10.0)
 
 
 KINDS = ("text",)
@@ -378,6 +382,12 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)
     finish_reason: str | None = None  # "stop" or "length" once done; "cancelled" if cancelled
     cancelled: bool = False  # set from another thread (a client went away): leaves at the next step
+    mark: TextMark | None = None  # the text watermark, when sample.watermark is on
+
+    @property
+    def last(self) -> int | None:
+        """The token the next one follows (what the watermark's green list depends on)."""
+        return self.tokens[-1] if self.tokens else self.prompt[-1] if self.prompt else None
 
     def accept(self, token: int) -> None:
         if self.cancelled:
@@ -421,7 +431,12 @@ class Generation:
         """Draw one token for every row; the sequences that finished (and left)."""
         n = len(self.rows)
         options = [s.options for s in self.rows]
-        logits = _filter(self.logits[:n], self.seen[:n], options)
+        logits = self.logits[:n]
+        marked = [i for i, s in enumerate(self.rows) if s.mark is not None and s.last is not None]
+        if marked:
+            logits = logits.clone()
+            logits[marked] = _watermarked(logits[marked], [self.rows[i] for i in marked])
+        logits = _filter(logits, self.seen[:n], options)
         greedy = [o.temperature == 0 for o in options]
         chosen = logits.argmax(-1) if any(greedy) else None
         if not all(greedy):
@@ -463,9 +478,10 @@ class Generated:
 
 @torch.inference_mode()
 def generate(model: GPT, prompts: list[list[int]], generators: list[torch.Generator], o: SampleConfig,
-             stop_ids: frozenset[int], decode: "Callable[[list[int]], str] | None" = None) -> Generated:
+             stop_ids: frozenset[int], decode: "Callable[[list[int]], str] | None" = None,
+             mark: TextMark | None = None) -> Generated:
     """New tokens for each prompt until a stop token, a stop text (o.stop), or o.max_tokens."""
-    seqs = [Sequence(p, o, g, stop_ids, decode) for p, g in zip(prompts, generators, strict=True)]
+    seqs = [Sequence(p, o, g, stop_ids, decode, mark=mark) for p, g in zip(prompts, generators, strict=True)]
     run = Generation(model, len(seqs), max(len(p) for p in prompts) + o.max_tokens)
     for seq in seqs:
         run.join(seq)
@@ -590,9 +606,23 @@ def sample(modules: dict[str, nn.Module], spec: DataSpec, fitted: Fitted, reques
             raise ModelError("sample.quantize: int8 runs on the CPU only")
         net, precision = quantized(model), torch.autocast("cpu", enabled=False)  # int8 kernels take fp32 inputs
     with precision:
-        got = generate(net, ids, item_generators(request.seeds), options, frozenset({tok.eot, tok.pad}), tok.decode)
+        got = generate(net, ids, item_generators(request.seeds), options, frozenset({tok.eot, tok.pad}), tok.decode,
+                       text_mark(options))
     texts = [cut_at_stop(tok.decode(toks), options.stop) for toks in got.tokens]
     return TextSamples(texts, prompts, got.finish_reasons, [len(t) for t in got.tokens])
+
+
+def _watermarked(logits: torch.Tensor, rows: list[Sequence]) -> torch.Tensor:
+    """Each row's green tokens (after its last token) raised by its delta; a workspace has one key."""
+    prev = torch.tensor([r.last for r in rows], device=logits.device)[:, None]
+    delta = torch.tensor([r.mark.delta for r in rows], dtype=logits.dtype, device=logits.device)[:, None]
+    green = rows[0].mark.green(prev, torch.arange(logits.shape[1], device=logits.device)[None, :])
+    return logits + delta * green.to(logits.dtype)
+
+
+def text_mark(options: SampleConfig) -> TextMark | None:
+    """The workspace's watermark with the options' strength, when the options turn it on."""
+    return TextMark(workspace_key(), delta=options.watermark_delta) if options.watermark else None
 
 
 CHAT_TEMPLATE = ("the messages' contents, in order, one per line, are the prompt (roles are not rendered: "

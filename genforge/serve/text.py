@@ -53,7 +53,8 @@ async def _start(request: Request, req: Sampling, prompts: list[str]) -> tuple[S
     reservation = await admit(request, sum(len(p) + o.max_tokens for p in ids) * req.n)
     gens = item_generators(item_seeds(seed_of(req.seed), len(ids) * req.n))
     tok, loop, events = engine.tokenizer, asyncio.get_running_loop(), asyncio.Queue()
-    jobs = [TextJob(gpt.Sequence(p, o, gens[i * req.n + j], frozenset({tok.eot, tok.pad}), tok.decode), loop, events,
+    mark, stops = gpt.text_mark(o), frozenset({tok.eot, tok.pad})
+    jobs = [TextJob(gpt.Sequence(p, o, gens[i * req.n + j], stops, tok.decode, mark=mark), loop, events,
                     req.stream, index=i * req.n + j) for i, p in enumerate(ids) for j in range(req.n)]
     try:
         engine.submit(jobs)
