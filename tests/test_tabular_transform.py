@@ -126,9 +126,8 @@ def test_fixed_combinations_only_give_seen_combinations():
     picked = [pairs[i] for i in rng.integers(0, len(pairs), 400)]
     frame = pd.DataFrame({"country": pd.Categorical([p[0] for p in picked]), "x": np.round(rng.normal(size=400), 3),
                           "city": pd.Categorical([p[1] for p in picked])})
-    cfg = TransformConfig(fixed_combinations=[["city", "country"]])
     t = TableTransformer.fit(frame, schema(frame, {"country": "categorical", "x": "numeric", "city": "categorical"}),
-                             cfg, seed=0)
+                             TransformConfig(), 0, [["city", "country"]])
     combo = t.codec.learned[0]
     assert combo.name == "country+city" and set(combo.categories) == set(pairs) and t.discrete == ("country+city",)
     assert sum(combo.frequencies) == pytest.approx(1)

@@ -60,8 +60,7 @@ def fit_table(rules: Rules, transform: TransformConfig | None, dataset: "Dataset
     meta: dict[str, Any] = {"rules": rules.model_dump(mode="json"), "rows": len(frame)}
     tensors: dict[str, torch.Tensor] = {}
     if transform is not None:
-        t = TableTransformer.fit(frame, schema, transform.model_copy(update={"fixed_combinations": rules.fixed_combinations}),
-                                 seed=ENCODE_SEED)
+        t = TableTransformer.fit(frame, schema, transform, ENCODE_SEED, rules.fixed_combinations)
         meta["transformer"] = t.to_json()
     else:
         codec = Codec.fit(frame, schema, rules.fixed_combinations)

@@ -37,7 +37,6 @@ class TransformConfig(StrictModel):
     max_modes: int = Field(10, ge=1, le=50)
     weight_threshold: float = Field(0.005, gt=0, lt=1)  # modes below this weight are dropped
     fit_rows: int = Field(20_000, ge=100)  # rows each mixture is fitted on (seeded subsample)
-    fixed_combinations: list[list[str]] = []  # groups of categorical columns generated only in seen combinations
 
 
 @dataclass(frozen=True)
@@ -113,8 +112,10 @@ class TableTransformer:
         self._parts = {(sp.column, sp.role): sp for sp in spans}
 
     @classmethod
-    def fit(cls, frame: pd.DataFrame, schema_columns: list[dict], config: TransformConfig, seed: int) -> "TableTransformer":
-        codec = Codec.fit(frame, schema_columns, config.fixed_combinations)
+    def fit(cls, frame: pd.DataFrame, schema_columns: list[dict], config: TransformConfig, seed: int,
+            fixed_combinations: Sequence[Sequence[str]] = ()) -> "TableTransformer":
+        """`fixed_combinations`: groups of columns generated only in seen combinations (`model.rules`)."""
+        codec = Codec.fit(frame, schema_columns, fixed_combinations)
         values = codec.values(frame)
         modes = {}
         for i, lc in enumerate(codec.learned):
