@@ -195,13 +195,17 @@ def build(config: Config, spec: DataSpec, fitted: Fitted) -> dict[str, nn.Module
     return {"generator": g, "discriminator": Discriminator(config, state.transformer.width + cond.dim)}
 
 
-def _gradient_penalty(d: Discriminator, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-    """WGAN-GP on interpolates, one weight per pac group (so a group stays a group of one kind)."""
-    groups = len(real) // d.pac
+def _critic(d: Discriminator, real: torch.Tensor, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """D on reals, fakes and their interpolates in one forward pass (each a whole number of pac groups,
+    so no group mixes two kinds), and WGAN-GP's penalty on the interpolates: (d_real, d_fake, gp).
+    One pass over 3B rows instead of three over B: the step of a small table is launch-bound."""
+    n, groups = len(real), len(real) // d.pac
     alpha = torch.rand(groups, 1, 1, device=real.device).expand(groups, d.pac, real.shape[1]).reshape(real.shape)
-    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(d(mixed).sum(), mixed, create_graph=True)
-    return ((grad.reshape(groups, -1).norm(2, dim=1) - 1) ** 2).mean()
+    mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)  # one weight per pac group
+    out = d(torch.cat([real, fake, mixed]))
+    k = n // d.pac
+    (grad,) = torch.autograd.grad(out[2 * k:].sum(), mixed, create_graph=True)
+    return out[:k], out[k:2 * k], ((grad.reshape(groups, -1).norm(2, dim=1) - 1) ** 2).mean()
 
 
 def _real_with_conditions(cond: Conditions, x: torch.Tensor, codes: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -238,9 +242,8 @@ def train_step(modules: dict[str, nn.Module], batch: Batch, opt: Optimizer, step
     with torch.no_grad():
         fake = activate(g(torch.randn(n, g.z_dim, device=x.device), c_fake), g.seg, tau)
     real_in, fake_in = torch.cat([real, c_real], 1), torch.cat([fake, c_fake], 1)
-    d_real, d_fake = d(real_in), d(fake_in)
+    d_real, d_fake, gp = _critic(d, real_in, fake_in)
     d_loss = d_fake.mean() - d_real.mean()
-    gp = _gradient_penalty(d, real_in, fake_in)
     opt.step("discriminator", d_loss + lam * gp)
 
     # 2. generator: -E[D(fake)] + the conditional vector's cross-entropy, on fresh conditions
