@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -26,6 +27,20 @@ def resolve_config(path: Path | None, overrides: list[str]) -> tuple[ServeConfig
     cfg = load_serve_config(None, [f"models={json.dumps([{'name': n, 'registry': n} for n in names])}", *overrides])
     return cfg, {"path": None, "overrides": [f"models={json.dumps([m.model_dump() for m in cfg.models])}",
                                              *overrides]}
+
+
+def passive_openmp() -> None:
+    """Re-run this command once with OMP_WAIT_POLICY=PASSIVE unless the variable is set.
+
+    Between two decoding steps the server's event loop has Python work to do; OpenMP's worker threads,
+    by default, spin after each parallel region and take the cores from it. Sleeping at once costs a
+    kernel a little wake-up latency and gives the event loop its core back (measured in
+    benchmarks/bench_serve.py). OpenMP reads the variable when torch loads, which has happened by
+    now: hence the re-execution, before any model is loaded or port opened."""
+    if "OMP_WAIT_POLICY" in os.environ:
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.execv(sys.executable, [sys.executable, "-m", "genforge", *sys.argv[1:]])
 
 
 def serve(path: Path | None, overrides: list[str]) -> None:
