@@ -87,6 +87,7 @@ def generate(run: str | Path, n: int = 64, *, seed: int = 0, labels: list[str | 
     """Sample from a run's newest good checkpoint and write the samples with the writer of their kind.
 
     Prompts: `n` completions per prompt. Labels: one class (name or index) for all, or one per item."""
+    from genforge.moderation import Moderator, moderate_samples
     from genforge.outputs import write_samples
     from genforge.runs import load_run
 
@@ -100,11 +101,14 @@ def generate(run: str | Path, n: int = 64, *, seed: int = 0, labels: list[str | 
     request = SampleRequest.make(len(prompts) if prompts is not None else n, seed, labels=idx, prompts=prompts,
                                  conditions=None if conditions is None else tuple(conditions), options=dict(options or {}))
     samples = loaded.sample(request, batch_size)
+    if samples.kind == "text":  # texts reach people like the service's answers: moderated the same way
+        samples = moderate_samples(Moderator(), samples)
     if out is None:
         tag = "-".join(re.sub(r"[^A-Za-z0-9.]+", "_", f"{k}{v}")[:40] for k, v in sorted((options or {}).items()))
         label_tag = f"-label{idx[0]}" if idx and len(set(idx)) == 1 else ""
         out = loaded.path / "samples" / f"n{request.n}-seed{seed}{label_tag}{'-' + tag if tag else ''}"
-    meta = {"run": loaded.id, "checkpoint": loaded.checkpoint().path.name, "seed": seed, "options": options or {}}
+    meta = {"ai_generated": True, "generator": "genforge", "run": loaded.id, "checkpoint": loaded.checkpoint().path.name,
+            "seed": seed, "options": options or {}}  # provenance beside every output: each text record, samples.json
     return Generated(samples, write_samples(samples, Path(out), meta))
 
 

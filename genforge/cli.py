@@ -9,6 +9,8 @@ import typer
 from rich.console import Console
 
 from genforge.errors import GenforgeError
+from genforge.labels.cli import labels_app
+from genforge.serve.feedback_cli import feedback_app
 from genforge.serve.keys_cli import keys_app
 
 SetOpt = typer.Option(None, "--set", help="override a config field: a.b=value (repeatable)")
@@ -32,6 +34,8 @@ def _root(tracking_uri: str = typer.Option(None, "--tracking-uri", envvar="MLFLO
 data_app = typer.Typer(help="Ingest, clean, split and gate datasets.", no_args_is_help=True)
 _app.add_typer(data_app, name="data")
 _app.add_typer(keys_app, name="keys")
+_app.add_typer(labels_app, name="labels")
+_app.add_typer(feedback_app, name="feedback")
 
 
 # ---- data -------------------------------------------------------------------------------
@@ -229,8 +233,9 @@ def run_cmd(config: Path = typer.Argument(..., help="run config YAML (see config
 def serve_cmd(config: Path = typer.Option(None, "--config", help="serve config YAML (default: every registered "
                                           "model's champion, on 127.0.0.1:8000)"), set_: list[str] = SetOpt) -> None:
     """The OpenAI-compatible API: /v1/completions, /v1/chat/completions, /v1/images/generations, /metrics."""
-    from genforge.serve.server import serve
+    from genforge.serve.server import passive_openmp, serve
 
+    passive_openmp()
     serve(config, set_)
 
 
@@ -319,3 +324,35 @@ def record_cmd(name: str = typer.Argument(..., help="registered model name"),
             raise ConfigError(f"--metric takes KEY=NUMBER, got {item!r}") from None
     v = registry.record_metrics(name, version, figures)
     console.print(f"{name} version {v.version}: " + ", ".join(f"{k} = {v.metrics[k]:g}" for k in figures), highlight=False)
+
+
+# ----------------------------------------------------------------------------- AI-content labels
+
+@_app.command("verify")
+def verify_cmd(file: Path = typer.Argument(..., help="an image genforge made (PNG; a JPEG copy keeps the watermark), "
+                                           "or with --text a text file / samples.jsonl"),
+               trust_anchors: Path = typer.Option(None, "--trust-anchors", help="PEM roots to trust for C2PA "
+                                                  "(default: the workspace's dev CA, if it signs)"),
+               text: bool = typer.Option(False, "--text", help="FILE is text: test it for the text watermark"),
+               run: str = typer.Option(None, "--run", help="with --text: the run whose tokenizer made the text"),
+               json_: bool = typer.Option(False, "--json", help="print the whole result as JSON")) -> None:
+    """Which AI-content labels an image carries (the watermark, read with this workspace's key; metadata;
+    C2PA), or with --text whether a text carries the text watermark (a p-value and the tokens it rests on)."""
+    if text:
+        from genforge.textmark import verify_text_file
+
+        if run is None:
+            from genforge.errors import ConfigError
+            raise ConfigError("--text needs --run RUN: the run whose tokenizer generated the text")
+        results = verify_text_file(file, run)
+        if json_:
+            console.print_json(data=results)
+        for r in results:
+            console.print(f"{r['label']}: z {r['z']:.2f}, p-value {r['p_value']:.3g} over {r['scored']} token pairs "
+                          f"({r['green']} green): {'watermarked' if r['p_value'] < 1e-3 else 'no watermark found'}",
+                          highlight=False)
+        return
+    from genforge.labels import verify
+    from genforge.labels.cli import print_verification
+
+    print_verification(verify(file, trust_anchors), as_json=json_)

@@ -15,8 +15,9 @@ import numpy as np
 from PIL import Image
 
 from genforge.errors import ConfigError
+from genforge.labels import label_png
 from genforge.models import ImageSamples, Samples, TableSamples, TextSamples
-from genforge.workspace import atomic_write_json, atomic_write_text, atomic_write_with
+from genforge.workspace import atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_write_with
 
 SAMPLES_FORMAT = "genforge-samples/1"
 
@@ -44,19 +45,21 @@ def to_pil(array: np.ndarray) -> Image.Image:
     return Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array)
 
 
-def save_png(array_chw: np.ndarray, path: Path) -> None:
-    atomic_write_with(path, lambda p: to_pil(array_chw.transpose(1, 2, 0)).save(p, format="PNG"))
-
-
 def write_images(samples: ImageSamples, out: Path, meta: dict[str, Any]) -> Path:
-    """grid.png, sample-0000.png ... and samples.json; returns the grid's path."""
+    """grid.png, sample-0000.png ... and samples.json (with each sample's generation id); returns the grid's
+    path. Every PNG carries the AI-content labels (genforge.labels): it is the raw sample plus the watermark."""
     out.mkdir(parents=True, exist_ok=True)
+    model, version = str(meta.get("run", "")), str(meta.get("checkpoint", ""))
+    ids = []
     for i, img in enumerate(samples.images):
-        save_png(img, out / f"sample-{i:04d}.png")
+        labelled = label_png(img.transpose(1, 2, 0), model, version)
+        atomic_write_bytes(out / f"sample-{i:04d}.png", labelled.png)
+        ids.append(labelled.generation_id)
     grid = image_grid(samples.images, samples.labels)
-    atomic_write_with(out / "grid.png", lambda p: to_pil(grid).save(p, format="PNG"))
+    atomic_write_bytes(out / "grid.png", label_png(grid, model, version).png)
     labels = None if samples.labels is None else list(samples.labels)
-    atomic_write_json(out / "samples.json", {"format": SAMPLES_FORMAT, "count": len(samples), "labels": labels, **meta})
+    atomic_write_json(out / "samples.json", {"format": SAMPLES_FORMAT, "count": len(samples), "labels": labels,
+                                             "generation_ids": ids, **meta})
     return out / "grid.png"
 
 

@@ -87,3 +87,33 @@ def detect(tokens: list[int], mark: TextMark) -> Detection:
     n, g = len(pairs), mark.gamma
     z = (green - g * n) / math.sqrt(n * g * (1 - g))
     return Detection(z, 0.5 * math.erfc(z / math.sqrt(2)), n, green)
+
+
+def verify_text_file(path: "os.PathLike[str] | str", run: str) -> list[dict]:
+    """Each text of a file (a samples.jsonl's "text" fields, else the whole file) tested with this
+    workspace's key and `run`'s tokenizer; detected below p = 1e-3 (say so when reporting)."""
+    import json
+    from pathlib import Path
+
+    from genforge.checkpoint import load_fitted
+    from genforge.errors import DataError
+    from genforge.runs import load_run
+    from genforge.tokenizer import TextTokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"no such file: {path}")
+    raw = path.read_text(encoding="utf-8")
+    texts = [(path.name, raw)]
+    if path.suffix == ".jsonl":
+        try:
+            records = [json.loads(line) for line in raw.splitlines() if line.strip()]
+            texts = [(f"{path.name}:{i + 1}", r["text"]) for i, r in enumerate(records)]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise DataError(f"{path} is not jsonl with a \"text\" field per line") from None
+    loaded = load_run(run)
+    if loaded.data_spec.kind != "text":
+        raise DataError(f"run {loaded.id} makes {loaded.data_spec.kind} data; --text needs a language model's run")
+    tok = TextTokenizer.from_fitted(load_fitted(loaded.path / "fitted", loaded.info["fitted"]))
+    mark = TextMark(workspace_key())
+    return [{"label": label, **vars(detect(tok.encode(t), mark))} for label, t in texts]

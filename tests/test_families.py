@@ -187,7 +187,8 @@ def test_python_api_round_trip_and_fine_tuning(family, data, tmp_path):
         assert info["data_spec"]["height"] == 28
         out = genforge.generate(run.id, 4, seed=1, labels=["7"], out=tmp_path / "gen")
         assert out.samples.labels == (7, 7, 7, 7) and out.path == tmp_path / "gen" / "grid.png" and out.path.is_file()
-        assert json.loads((tmp_path / "gen" / "samples.json").read_text())["checkpoint"] == run.checkpoint().path.name
+        sidecar = json.loads((tmp_path / "gen" / "samples.json").read_text())
+        assert sidecar["checkpoint"] == run.checkpoint().path.name and sidecar["ai_generated"] is True
         with pytest.raises(ModelError, match="unknown class 'cat'"):
             genforge.generate(run.id, 1, labels=["cat"])
     elif kind(family) == "table":
@@ -196,13 +197,14 @@ def test_python_api_round_trip_and_fine_tuning(family, data, tmp_path):
         back = pd.read_csv(out.path)
         assert out.path == tmp_path / "gen.csv" and list(back.columns) == list(open_dataset("penguins").frame("train").columns)
         assert set(back["species"]) == {"Chinstrap"} and len(back) == 6
+        assert json.loads((tmp_path / "gen.samples.json").read_text())["ai_generated"] is True  # the table's sidecar
         with pytest.raises(ConfigError, match="Adelie"):  # an unknown category lists the known ones
             genforge.generate(run.id, 1, conditions=[{"species": "Emperor"}])
     else:
         out = genforge.generate(run.id, 2, seed=1, prompts=["好", "The"], out=tmp_path / "gen")
         records = [json.loads(line) for line in out.path.read_text(encoding="utf-8").splitlines()]
         assert out.path == tmp_path / "gen" / "samples.jsonl" and [r["prompt"] for r in records] == ["好", "好", "The", "The"]
-        assert all(r["checkpoint"] == run.checkpoint().path.name and r["finish_reason"] in ("stop", "length")
+        assert all(r["checkpoint"] == run.checkpoint().path.name and r["finish_reason"] in ("stop", "length") and r["ai_generated"]
                    and r["text"] == t for r, t in zip(records, out.samples.texts))
     with pytest.raises(ConfigError, match="sample options"):
         genforge.generate(run.id, 1, options={"no_such_option": 1})

@@ -273,16 +273,16 @@ def test_run_chains_every_stage_and_goes_on_where_it_stopped(workspace, tmp_path
     assert "model digits-vae version 2 (champion: version 2)" in out.output
 
 
-@pytest.mark.parametrize("family", ["diffusion", "gan", "gpt", "vae"])
+@pytest.mark.parametrize("family", ["copula", "ctgan", "diffusion", "gan", "gpt", "tvae", "vae"])
 def test_every_family_registers_and_serves_from_the_registry_alone(family, data):
     """The version's folder (downloaded from MLflow, nothing of the run) samples what the run samples."""
     from genforge.models import FAMILIES, SampleRequest
     from genforge.sampling import load_model
-    assert sorted(FAMILIES) == ["diffusion", "gan", "gpt", "vae"]  # a new family joins this test
+    assert sorted(FAMILIES) == ["copula", "ctgan", "diffusion", "gan", "gpt", "tvae", "vae"]  # a new family joins this test
     run = load_run(train(parse_run_config(tiny_config(family, name=f"reg-{family}"))))
-    evaluate_run(run.id, EvalOptions(n=10 if kind(family) == "text" else 32, seed=0))
+    evaluate_run(run.id, EvalOptions(n={"text": 10, "table": 64}.get(kind(family), 32), seed=0))
     v = registry.register(run.id)
-    assert v.name == f"reg-{family}" and v.metrics and v.evaluation["options"]["n"] in (10, 32)
+    assert v.name == f"reg-{family}" and v.metrics and v.evaluation["options"]["n"] in (10, 32, 64)
     req = SampleRequest.make(4, seed=3, **{k: val[:4] for k, val in REQUESTS[kind(family)].items()})
     before = run.sample(req)
     folder = registry.download(v.name, v.version)

@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import openai
 import pandas as pd
 import pytest
@@ -25,6 +26,7 @@ from PIL import Image
 import genforge
 from genforge import registry
 from genforge.evaluation.pipeline import EvalOptions, evaluate_run
+from genforge.labels.watermark import psnr
 from genforge.runconfig import parse_run_config
 from genforge.serve.keys import KeyStore
 from genforge.trainer import train
@@ -150,6 +152,8 @@ def test_completions_chat_and_streaming_with_the_openai_client(server, key):
     assert a.usage.completion_tokens <= 6 and a.usage.prompt_tokens >= 2
     assert a.usage.total_tokens == a.usage.prompt_tokens + a.usage.completion_tokens
     assert a.system_fingerprint.startswith("writer:") and a.model == "writer"
+    label = a.model_extra["provenance"]  # every generation says it is one, and which version made it
+    assert label["ai_generated"] is True and label["model"] == "writer" and a.system_fingerprint.endswith(label["version"])
     several = client.completions.create(model="writer", prompt=["好", "The"], n=2, max_tokens=4, seed=2)
     assert [c.index for c in several.choices] == [0, 1, 2, 3]
     # a chat answer streamed is the same answer as not streamed (one seed, one sequence of draws)
@@ -172,10 +176,14 @@ def test_images_come_back_as_pngs_of_the_asked_class(server, key):
     out = client.images.generate(model="digits", prompt="3", n=2, response_format="b64_json",
                                  extra_body={"seed": 4, "truncation": 0.7})
     assert len(out.data) == 2 and all(d.revised_prompt == "3" for d in out.data)
+    assert out.model_extra["provenance"]["ai_generated"] is True and out.model_extra["provenance"]["model"] == "digits"
     img = Image.open(io.BytesIO(base64.b64decode(out.data[0].b64_json)))
     assert img.size == (28, 28)
     again = client.images.generate(model="digits", prompt="3", n=2, extra_body={"seed": 4, "truncation": 0.7})
-    assert again.data[1].b64_json == out.data[1].b64_json  # per-item seeds: batching changes nothing
+    # per-item seeds: batching changes nothing but the watermark, which carries each image's own generation id
+    # (the raw samples are compared exactly in test_families); another sample would be ~10-15 dB away
+    first, second = (np.asarray(Image.open(io.BytesIO(base64.b64decode(d.b64_json)))) for d in (out.data[1], again.data[1]))
+    assert again.data[1].generation_id != out.data[1].generation_id and psnr(first, second) > 30
     with pytest.raises(openai.BadRequestError) as e:
         client.images.generate(model="digits", prompt="cat", n=1)
     assert e.value.body["param"] == "prompt" and "'9'" in e.value.body["message"]
@@ -205,6 +213,7 @@ def test_tables_as_json_and_csv_the_same_alone_or_merged(server, key):
     assert names == ["species", "island", "bill_length_mm", "bill_depth_mm", "flipper_length_mm", "body_mass_g", "sex",
                      "year"] and {"name": "species", "type": "categorical"} in a["columns"]
     assert len(a["data"]) == 60 and all(list(row) == names for row in a["data"])
+    assert a["provenance"]["ai_generated"] is True and a["provenance"]["generation_ids"] == [a["generation_id"]]
     assert not any(isinstance(v, float) and math.isnan(v) for row in a["data"] for v in row.values())  # null, not NaN
     assert tables(client, n=60, seed=3)["data"] == a["data"]
     csv = tables(client, n=60, seed=3, response_format="csv")

@@ -245,7 +245,8 @@ def test_reconstruct_through_the_cli_writes_pairs_and_a_trained_model_recognises
     assert res.exit_code == 0, res.output
     pair = np.asarray(Image.open(out / "sample-0000.png"))
     assert pair.shape == (28, 56) and len(list(out.glob("sample-*.png"))) == 4
-    np.testing.assert_array_equal(pair[:, :28], held[0, 0])  # original left, reconstruction right
+    # original left (under the watermark every written PNG carries: within a few levels), reconstruction right
+    assert np.abs(pair[:, :28].astype(int) - held[0, 0].astype(int)).mean() < 3
     assert json.loads((out / "samples.json").read_text())["labels"] == [0, 1, 2, 3]  # the class cycle
 
     run = load_run(run_dir)

@@ -4,6 +4,7 @@ write it, run the quality gate, then publish a content-addressed version (or ref
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from genforge.data.gate import GateReport, run_gate
 from genforge.data.options import IngestConfig
@@ -37,8 +38,12 @@ def _prepare(kind: str, source: str, cfg: IngestConfig, writer: DatasetWriter) -
     return prepare_table(source, cfg, writer)
 
 
-def ingest(source: str, name: str, cfg: IngestConfig | None = None, force: bool = False) -> IngestResult:
+def ingest(source: str, name: str, cfg: IngestConfig | None = None, force: bool = False,
+           lineage: dict[str, Any] | None = None) -> IngestResult:
     """Ingest `source` (a folder, a file or `builtin:<name>`) as dataset `name`.
+
+    `lineage`: where the data came from beyond its source file (a feedback export's model versions and
+    generation ids), kept in the manifest as it is given.
 
     Raises GateError naming each failed rule unless `force`; the rejected attempt's full report
     is kept in `datasets/<name>/rejected.json` so nothing the cleaning found is lost.
@@ -52,7 +57,7 @@ def ingest(source: str, name: str, cfg: IngestConfig | None = None, force: bool 
         report = run_gate(prep.gate_stats, cfg.gate, force=force)
         fields = dict(source=prep.source, counts=prep.counts, schema=prep.schema, classes=prep.classes,
                       split=prep.split, cleaning=prep.cleaning, gate=report.to_json(),
-                      config=cfg.model_dump(mode="json"))
+                      config=cfg.model_dump(mode="json"), **({"lineage": lineage} if lineage else {}))
         if not report.passed and not force:
             atomic_write_json(datasets_dir() / name / "rejected.json", {"name": name, **fields})
             raise GateError(f"dataset {name!r} failed the quality gate:\n{report.summary()}\n"

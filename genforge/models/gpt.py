@@ -286,8 +286,8 @@ class PackedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.numel() // x.shape[-1]
         size = next((s for s in self.packs if s >= rows), None)
-        if rows == 1 or size is None:
-            return F.linear(x, self.weight, self.bias)
+        if rows == 1 or size is None or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
+            return F.linear(x, self.weight, self.bias)  # the packs are fp32 GEMMs; under bf16 autocast, oneDNN's
         flat = x.reshape(rows, x.shape[-1])
         if rows < size:
             flat = torch.cat([flat, flat.new_zeros(size - rows, flat.shape[1])])

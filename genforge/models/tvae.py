@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 

@@ -21,11 +21,12 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from genforge import __version__
-from genforge.serve import errors, images, metrics, tables, text
+from genforge.serve import errors, feedback, images, metrics, tables, text
 from genforge.serve.config import ServeConfig, load_serve_config
 from genforge.serve.context import State, admit, state
 from genforge.serve.edge import Edge, JSONFormatter
 from genforge.serve.errors import APIError
+from genforge.serve.feedback_store import FeedbackStore
 from genforge.serve.keys import KeyStore, RateLimiter
 from genforge.serve.models import Slot
 
@@ -82,10 +83,12 @@ def create_app(config: ServeConfig) -> FastAPI:
     app = FastAPI(title="genforge", version=__version__, lifespan=lifespan,
                   description="OpenAI-compatible generation of text, images and tables from genforge's models.")
     app.state.genforge = st
+    app.state.feedback = FeedbackStore(config.feedback_db)
     errors.install(app)
     app.include_router(text.router)
     app.include_router(images.router)
     app.include_router(tables.router)
+    app.include_router(feedback.router)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Any:

@@ -11,6 +11,7 @@ from pathlib import Path
 from pydantic import Field, model_validator
 
 from genforge.config import StrictModel, load_config
+from genforge.moderation import ModerationConfig
 
 PUBLIC_PATHS = ("/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect")
 
@@ -60,6 +61,8 @@ class ServeConfig(StrictModel):
     metrics_public: bool = False  # /metrics without a key (a scraper inside the network)
     reload_interval_s: float = Field(default=5.0, ge=0.0)  # how often aliases are checked; 0: never
     keys_db: Path | None = None  # default: <workspace>/serve/keys.db
+    moderation: ModerationConfig = ModerationConfig()  # prompts and text outputs; see genforge.moderation
+    feedback_db: Path | None = None  # the generation log and ratings; default: <workspace>/serve/feedback.db
 
     @model_validator(mode="after")
     def _unique(self) -> "ServeConfig":

@@ -13,6 +13,7 @@ from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from genforge.errors import ConfigError
+from genforge.moderation import Moderator
 from genforge.models import SampleRequest, Samples
 from genforge.serve import metrics
 from genforge.serve.batching import ItemJob
@@ -32,6 +33,17 @@ class State:
     streams: asyncio.Semaphore
     ready: bool = False
     errors: dict[str, str] = field(default_factory=dict)  # model -> why it is not loaded
+    moderator: Moderator = field(init=False)  # compiled once per process from config.moderation
+
+    def __post_init__(self) -> None:
+        self.moderator = Moderator(self.config.moderation)
+
+
+def provenance(current: Served, **labels: Any) -> dict[str, Any]:
+    """The `provenance` object on every generation response: content labelling rules (China's for
+    AI-generated content among them) ask that generated content say so, and which model made it."""
+    return {"ai_generated": True, "generator": "genforge", "model": current.name, "version": current.version,
+            **labels}
 
 
 def state(request: Request) -> State:
@@ -122,10 +134,14 @@ def seed_of(seed: int | None) -> int:
     return secrets.randbits(63) if seed is None else seed
 
 
-async def generate_items(request: Request, current: Served, sample: SampleRequest, unit: str) -> Samples:
+async def generate_items(request: Request, current: Served, sample: SampleRequest, unit: str) -> tuple[Samples, Served]:
     """Images or table rows: `sample.n` units from the key's limits, the request queued on the
-    model's ItemBatcher (merged with those of the same options), and its own share of the batch."""
+    model's ItemBatcher (merged with those of the same options), and its own share of the batch;
+    with the version that made them. The version is looked up again after the key's limits (a
+    sqlite transaction, which a busy disk makes slow): a promotion in between sends the request to
+    the new version rather than to the old one, which takes no new work once it is replaced."""
     reservation = await admit(request, sample.n)
+    current = served(request, current.name, current.kind)
     loop = asyncio.get_running_loop()
     job = ItemJob(sample, loop, loop.create_future(), json.dumps(sample.options, sort_keys=True))
     try:
@@ -142,4 +158,4 @@ async def generate_items(request: Request, current: Served, sample: SampleReques
     finally:
         await reservation.settle(0 if samples is None else len(samples))
     metrics.GENERATED.labels(current.name, unit).inc(len(samples))
-    return samples
+    return samples, current

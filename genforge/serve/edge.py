@@ -20,7 +20,7 @@ from genforge.serve.keys import KeyStore
 
 log = logging.getLogger("genforge.serve")
 ROUTES = {"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/images/generations",
-          "/v1/tables/generations", "/healthz", "/readyz", "/metrics"}
+          "/v1/tables/generations", "/v1/feedback", "/healthz", "/readyz", "/metrics"}
 
 
 class JSONFormatter(logging.Formatter):

@@ -10,21 +10,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 from genforge.errors import ConfigError
+from genforge.serve.sqlite import connect, prepare, transaction
 from genforge.workspace import home
 
 SCHEMA_VERSION = 1  # PRAGMA user_version of keys.db
-BUSY_TIMEOUT_S = 10.0  # how long a process waits for another's write lock before "database is locked"
 MAX_SECRET_CHARS = 200  # anything longer is not one of our secrets; refused before touching the database
 LIMIT_KINDS = ("requests_per_minute", "units_per_minute")
 
@@ -56,40 +54,8 @@ def default_path() -> Path:
 
 # ----------------------------------------------------------------------------- the database file
 
-@contextmanager
-def _connect(path: Path) -> Iterator[sqlite3.Connection]:
-    """A connection for one operation: sqlite3 connections must not cross threads, and opening one is cheap."""
-    db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-    try:
-        yield db
-    finally:
-        db.close()
-
-
-@contextmanager
-def _transaction(path: Path) -> Iterator[sqlite3.Connection]:
-    """A write transaction that takes the lock up front, so two processes never both read a row and both write it."""
-    with _connect(path) as db:
-        db.execute("BEGIN IMMEDIATE")
-        yield db
-        db.execute("COMMIT")  # on an exception the connection closes with the transaction rolled back
-
-
 def _prepare(path: Path) -> Path:
-    """Create the file owner-only (it holds key hashes), switch it to WAL and create or check its schema."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_CREAT | os.O_RDWR, 0o600))  # SQLite gives its -wal and -shm files the same mode
-    with _connect(path) as db:
-        db.execute("PRAGMA journal_mode=WAL")  # readers do not block the writer; persists in the file
-    with _transaction(path) as db:
-        version = db.execute("PRAGMA user_version").fetchone()[0]
-        if version == 0:
-            for statement in _SCHEMA:
-                db.execute(statement)
-        elif version != SCHEMA_VERSION:
-            raise ConfigError(f"{path} has key database schema version {version}, this genforge reads version "
-                              f"{SCHEMA_VERSION}; use a matching genforge or another workspace")
-    return path
+    return prepare(path, _SCHEMA, SCHEMA_VERSION, "key database")
 
 
 def _now_iso() -> str:
@@ -160,7 +126,7 @@ class KeyStore:
         """A new key: (its secret, which is shown once and never stored, and its record)."""
         _check(name, models, requests_per_minute, units_per_minute)
         secret = "gf-" + secrets.token_urlsafe(32)
-        with _transaction(self.path) as db:
+        with transaction(self.path) as db:
             kid = "key_" + secrets.token_hex(4)
             while db.execute("SELECT 1 FROM keys WHERE id = ?", (kid,)).fetchone():
                 kid = "key_" + secrets.token_hex(4)
@@ -173,12 +139,12 @@ class KeyStore:
 
     def list(self) -> list[Key]:
         """Every key, revoked ones too, oldest first."""
-        with _connect(self.path) as db:
+        with connect(self.path) as db:
             return [_key(r) for r in db.execute(f"SELECT {_COLUMNS} FROM keys ORDER BY rowid")]
 
     def revoke(self, key_id: str) -> Key:
         """Revoke a key by id; its secret stops working at once, in every worker process."""
-        with _transaction(self.path) as db:
+        with transaction(self.path) as db:
             row = db.execute(f"SELECT {_COLUMNS} FROM keys WHERE id = ?", (key_id,)).fetchone()
             if row is None:
                 raise ConfigError(f"no API key with id {key_id!r}; `genforge keys list` shows the ids")
@@ -194,7 +160,7 @@ class KeyStore:
         """The live key a secret belongs to; None for unknown, malformed or revoked secrets."""
         if not secret.startswith("gf-") or len(secret) > MAX_SECRET_CHARS or not secret.isascii():
             return None
-        with _connect(self.path) as db:
+        with connect(self.path) as db:
             row = db.execute(f"SELECT {_COLUMNS} FROM keys WHERE secret_sha256 = ? AND revoked_at IS NULL",
                              (_sha256(secret),)).fetchone()
         return None if row is None else _key(row)
@@ -242,7 +208,7 @@ class RateLimiter:
         if key.units_per_minute is not None and units > key.units_per_minute:
             return Decision(False, "units_per_minute", 60.0)
         now = self.clock()
-        with _transaction(self.path) as db:
+        with transaction(self.path) as db:
             levels = {kind: self._level(db, key, kind, now) for kind in wanted}
             waits = {kind: (n - levels[kind]) * 60.0 / getattr(key, kind)
                      for kind, n in wanted.items() if levels[kind] < n}
@@ -264,7 +230,7 @@ class RateLimiter:
         if key.units_per_minute is None or reserved == used:
             return
         now = self.clock()
-        with _transaction(self.path) as db:
+        with transaction(self.path) as db:
             level = self._level(db, key, "units_per_minute", now)
             self._store(db, key, "units_per_minute", min(key.units_per_minute, level + reserved - used), now)
 

@@ -21,6 +21,8 @@ BATCH = Histogram("genforge_batch_size", "Rows per decoding step (text) or items
 QUEUE = Gauge("genforge_queue_depth", "Requests or sequences waiting for the model", ["model"],
               multiprocess_mode="livesum")
 REFUSED = Counter("genforge_refusals_total", "Requests refused, by reason", ["reason"])
+MODERATED = Counter("genforge_moderation_refusals_total", "Prompts refused and outputs stopped by content moderation",
+                    ["rule", "list", "where"])
 VERSION = Gauge("genforge_served_version", "1 for the version each model serves now", ["model", "version"],
                 multiprocess_mode="liveall")
 

@@ -16,8 +16,10 @@ from fastapi.responses import JSONResponse
 
 from genforge.errors import ConfigError, ModelError
 from genforge.models import SampleRequest, item_seeds
-from genforge.serve.context import bound, family_extras, generate_items, options, seed_of, served, state
+from genforge.serve.context import bound, family_extras, generate_items, options, provenance, seed_of, served, state
 from genforge.serve.errors import APIError
+from genforge.serve.feedback import new_id, record, table_generation
+from genforge.serve.moderation import check_values
 from genforge.serve.protocol import Condition, TableRequest
 from genforge.tabular.family import TableState
 from genforge.tabular.sampling import check_conditions
@@ -61,18 +63,21 @@ async def generate_tables(req: TableRequest, request: Request) -> Any:
     current = served(request, req.model, "table")
     bound(req.n, state(request).config.limits.max_rows, "n", "max_rows")
     conditions = _per_row(req)
+    check_values(request, conditions, "conditions")
     chosen = family_extras(request, current, req.extras())
     _check(current.table, conditions, "conditions")
     _check(current.table, [options(current, chosen).where], "where")
     try:
-        samples = await generate_items(request, current, SampleRequest(item_seeds(seed_of(req.seed), req.n),
-                                                                        conditions=conditions, options=chosen), "rows")
+        sample = SampleRequest(item_seeds(seed_of(req.seed), req.n), conditions=conditions, options=chosen)
+        samples, current = await generate_items(request, current, sample, "rows")
     except ModelError as e:  # no row met a condition in max_rounds: the request asked for what the model cannot make
         param = "conditions" if req.conditions else "where" if chosen.get("where") else None
         raise APIError(400, str(e), param=param, code="condition_unmet") from None
     frame, types = samples.frame, {c.name: c.type for c in current.model.spec.columns}
-    body = {"object": "table", "created": int(time.time()), "model": current.name,
-            "system_fingerprint": current.fingerprint,
+    gid = new_id("tbl")
+    await record(request, current, [table_generation(gid, req, len(frame))])
+    body = {"object": "table", "generation_id": gid, "created": int(time.time()), "model": current.name,
+            "system_fingerprint": current.fingerprint, "provenance": provenance(current, generation_ids=[gid]),
             "columns": [{"name": c, "type": types[c]} for c in frame.columns],
             **({"csv": frame.to_csv(index=False)} if req.response_format == "csv" else {"data": _records(frame)}),
             "usage": {"rows": len(frame), "seconds": round(time.perf_counter() - started, 3)}}

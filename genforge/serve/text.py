@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -20,9 +20,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from genforge.models import gpt, item_generators, item_seeds
 from genforge.serve import metrics
 from genforge.serve.batching import TextJob
-from genforge.serve.context import Reservation, admit, bound, family_extras, options, seed_of, served, state
+from genforge.serve.context import Reservation, admit, bound, family_extras, options, provenance, seed_of, served, state
 from genforge.serve.errors import APIError, body
+from genforge.serve.feedback import record, text_generations
+from genforge.serve.feedback_store import Generation
 from genforge.serve.models import Served
+from genforge.serve.moderation import StreamGuard, check_prompt, moderated_choice
 from genforge.serve.protocol import ChatRequest, CompletionRequest, Sampling
 
 router = APIRouter()
@@ -107,6 +110,12 @@ def _account(current: Served, jobs: list[TextJob], started: float) -> None:
         metrics.FIRST_TOKEN_S.labels(current.name).observe(first - started)
 
 
+def _provenance(current: Served, jobs: list[TextJob]) -> dict[str, Any]:
+    marked = jobs[0].seq.mark is not None
+    return provenance(current, watermark="green list, Kirchenbauer et al. 2023 (genforge verify --text)" if marked
+                      else None)
+
+
 def _headers(current: Served) -> dict[str, str]:
     return {"x-genforge-model-version": current.fingerprint}
 
@@ -117,14 +126,16 @@ def _sse(obj: Any) -> str:
 
 async def _stream(request: Request, current: Served, jobs: list[TextJob], events: asyncio.Queue,
                   reservation: Reservation, started: float, chat: bool, prompt_tokens: int,
-                  include_usage: bool) -> AsyncIterator[str]:
+                  include_usage: bool, describe: Callable[[str, list], list[Generation]]) -> AsyncIterator[str]:
     """Chunks as OpenAI streams them: deltas per choice, a last chunk with each finish_reason,
-    then usage (when asked) and [DONE]. A failure mid-stream ends it with an error event."""
+    then usage (when asked) and [DONE]. A failure mid-stream ends it with an error event.
+    The generation log gets the answer once every choice is done (a stream cut short is not logged)."""
     st = state(request)
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     head = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": int(time.time()),
-            "model": current.name, "system_fingerprint": current.fingerprint}
-    done, completion_tokens = 0, 0
+            "model": current.name, "system_fingerprint": current.fingerprint, "provenance": _provenance(current, jobs)}
+    done, completion_tokens, outputs = 0, 0, [("", "")] * len(jobs)
+    guard = StreamGuard(request, len(jobs))
     try:
         if chat:
             for j in jobs:
@@ -133,6 +144,11 @@ async def _stream(request: Request, current: Served, jobs: list[TextJob], events
         async with asyncio.timeout(st.config.limits.request_timeout_s):
             while done < len(jobs):
                 index, kind, *rest = await events.get()
+                if index in guard.stopped:
+                    continue
+                if kind == "delta" and not guard.passes(index, rest[0]):  # moderation ends the choice here
+                    jobs[index].seq.cancelled = True
+                    kind, rest = "done", ["", "content_filter", len(jobs[index].seq.tokens)]
                 if kind == "error":
                     yield _sse(body(500, rest[0], code="generation_failed"))
                     return
@@ -142,8 +158,10 @@ async def _stream(request: Request, current: Served, jobs: list[TextJob], events
                 else:
                     done += 1
                     completion_tokens += rest[2]
+                    outputs[index] = (rest[0], rest[1])
                     piece = {"delta": {}} if chat else {"text": "", "logprobs": None}
                     yield _sse({**head, "choices": [{"index": index, **piece, "finish_reason": rest[1]}]})
+        await record(request, current, describe(rid, outputs))
         if include_usage:
             yield _sse({**head, "choices": [], "usage": _usage(prompt_tokens, completion_tokens)})
         yield "data: [DONE]\n\n"
@@ -162,23 +180,32 @@ async def _respond(request: Request, req: Sampling, prompts: list[str], chat: bo
         metrics.REFUSED.labels("max_streams").inc()
         raise APIError(429, f"this server already streams max_streams ({st.config.limits.max_streams}) responses",
                        code="max_streams", retry_after=1.0)
+    prompts = [check_prompt(request, p, "messages" if chat else "prompt") for p in prompts]
     current, jobs, reservation, events, prompt_tokens = await _start(request, req, prompts)
+
+    def describe(rid: str, outputs: list[tuple[str, str]]) -> list[Generation]:
+        return text_generations(rid, req, prompts, outputs, request.url.path)
+
     if req.stream:
         await st.streams.acquire()
         include = bool(req.stream_options and req.stream_options.include_usage)
         return StreamingResponse(_stream(request, current, jobs, events, reservation, started, chat, prompt_tokens,
-                                         include), media_type="text/event-stream", headers=_headers(current))
+                                         include, describe), media_type="text/event-stream", headers=_headers(current))
     out = await _collect(request, current, jobs, events, reservation, started)
+    out = [(*moderated_choice(request, text, reason), tokens) for text, reason, tokens in out]
     completion_tokens = sum(o[2] for o in out)
+    rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+    await record(request, current, describe(rid, [(text, reason) for text, reason, _ in out]))
     if chat:
         choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": reason,
                     "logprobs": None} for i, (text, reason, _) in enumerate(out)]
     else:
         choices = [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
                    for i, (text, reason, _) in enumerate(out)]
-    return JSONResponse({"id": ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex,
+    return JSONResponse({"id": rid,
                          "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                         "model": current.name, "system_fingerprint": current.fingerprint, "choices": choices,
+                         "model": current.name, "system_fingerprint": current.fingerprint,
+                         "provenance": _provenance(current, jobs), "choices": choices,
                          "usage": _usage(prompt_tokens, completion_tokens)}, headers=_headers(current))
 
 
