@@ -63,3 +63,15 @@ def test_verify_text_cli_reads_a_runs_samples(tmp_path):
     assert "no watermark found" in " ".join(invoke("verify", str(plain), "--text", "--run", run.id).output.split())
     assert isinstance(CliRunner().invoke(_app, ["verify", str(plain), "--text"]).exception, ConfigError)  # needs --run
     assert json.loads(out.path.read_text().splitlines()[0])["text"]
+
+
+def test_stop_tokens_are_never_raised_and_the_p_value_is_the_exact_binomial_tail():
+    from scipy.stats import binom
+    mark = TextMark(12345)
+    seq = gpt.Sequence([7], gpt.SampleConfig(), torch.Generator(), stop_ids=frozenset({0, 3}), mark=mark)
+    raised = gpt._watermarked(torch.zeros(1, 50), [seq])
+    green = mark.green(torch.tensor([[7]]), torch.arange(50)[None, :])[0]
+    assert raised[0, 0] == 0 and raised[0, 3] == 0  # end-of-text keeps its odds: lengths do not move with the key
+    assert torch.equal(raised[0, 4:] > 0, green[4:]) and green[4:].any()
+    d = detect(list(range(40)), mark)
+    assert d.scored == 39 and abs(d.p_value - binom.sf(d.green - 1, 39, 0.25)) < 1e-12

@@ -613,10 +613,14 @@ def sample(modules: dict[str, nn.Module], spec: DataSpec, fitted: Fitted, reques
 
 
 def _watermarked(logits: torch.Tensor, rows: list[Sequence]) -> torch.Tensor:
-    """Each row's green tokens (after its last token) raised by its delta; a workspace has one key."""
+    """Each row's green tokens (after its last token) raised by its delta; a workspace has one key.
+    Stop tokens are never raised."""
     prev = torch.tensor([r.last for r in rows], device=logits.device)[:, None]
     delta = torch.tensor([r.mark.delta for r in rows], dtype=logits.dtype, device=logits.device)[:, None]
     green = rows[0].mark.green(prev, torch.arange(logits.shape[1], device=logits.device)[None, :])
+    stops = sorted(set().union(*(r.stop_ids for r in rows)))
+    if stops:  # end-of-text is left alone: on the green list the mark would lengthen texts, on the red shorten them
+        green[:, stops] = False
     return logits + delta * green.to(logits.dtype)
 
 
