@@ -255,3 +255,23 @@ def test_resume_changes_are_recorded_and_a_new_run_that_fails_early_leaves_nothi
                                           r"discriminator\) has its own; set train.optimizers.<name>.lr instead"):
         parse_run_config(tiny_config("gan", lr=5e-4))
     parse_run_config(tiny_config("gan", grad_clip=0.5, optimizers={"generator": {"lr": 1e-4}}))
+
+
+def test_split_samples_undoes_concat_samples():
+    """What the service's batcher relies on to hand each merged request its own items back."""
+    import pandas as pd
+
+    from genforge.models import ImageSamples, TableSamples, TextSamples, concat_samples, split_samples
+    kinds = [ImageSamples(np.arange(5 * 4).reshape(5, 1, 2, 2).astype(np.uint8), (1, 2, 3, 4, 5)),
+             TextSamples(list("abcde"), list("vwxyz"), ["stop"] * 5, [1, 2, 3, 4, 5]),
+             TableSamples(pd.DataFrame({"x": range(5), "y": list("abcde")}))]
+    for samples in kinds:
+        parts = split_samples(samples, [2, 0, 3])
+        assert [len(p) for p in parts] == [2, 0, 3]
+        back = concat_samples([p for p in parts if len(p)])
+        if samples.kind == "table":
+            assert back.frame.equals(samples.frame)
+        elif samples.kind == "image":
+            assert np.array_equal(back.images, samples.images) and back.labels == samples.labels
+        else:
+            assert back == samples

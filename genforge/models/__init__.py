@@ -199,6 +199,21 @@ def concat_samples(parts: list[Samples]) -> Samples:
     return TableSamples(pd.concat([p.frame for p in parts], ignore_index=True))
 
 
+def split_samples(samples: Samples, counts: list[int]) -> list[Samples]:
+    """The inverse of `concat_samples`: consecutive parts of `counts[i]` items (a merged batch back
+    into the requests it was merged from)."""
+    def part(a: int, b: int) -> Samples:
+        if isinstance(samples, ImageSamples):
+            return ImageSamples(samples.images[a:b], None if samples.labels is None else samples.labels[a:b])
+        if isinstance(samples, TextSamples):
+            cut = lambda xs: None if xs is None else xs[a:b]  # noqa: E731
+            return TextSamples(samples.texts[a:b], cut(samples.prompts), cut(samples.finish_reasons),
+                               cut(samples.completion_tokens))
+        return TableSamples(samples.frame.iloc[a:b].reset_index(drop=True))
+    bounds = np.cumsum([0, *counts])
+    return [part(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 # ----------------------------------------------------------------------------- the contract
 
 class Family(Protocol):

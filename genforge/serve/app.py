@@ -110,10 +110,7 @@ def create_app(config: ServeConfig) -> FastAPI:
         return {"status": "ready", "models": models}
 
     @app.get("/metrics")
-    async def prometheus() -> Response:
-        for name, slot in st.slots.items():
-            if slot.current is not None:
-                metrics.QUEUE.labels(name).set(slot.current.engine.depth())
+    async def prometheus() -> Response:  # the queue gauge is set by each engine as it steps
         data, content_type = metrics.exposition()
         return Response(data, media_type=content_type)
 

@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from genforge.devices import autocast
-from genforge.models import SampleRequest, Samples
+from genforge.models import SampleRequest, split_samples
 from genforge.models import gpt
 from genforge.sampling import Model
 from genforge.serve.errors import APIError
@@ -166,19 +166,6 @@ class ItemJob:
     options_key: str = field(default="")
 
 
-def _split(samples: Samples, counts: list[int]) -> list[Samples]:
-    out, start = [], 0
-    for n in counts:
-        if hasattr(samples, "frame"):
-            part = type(samples)(samples.frame.iloc[start:start + n].reset_index(drop=True))
-        else:
-            part = type(samples)(samples.images[start:start + n],
-                                 None if samples.labels is None else samples.labels[start:start + n])
-        out.append(part)
-        start += n
-    return out
-
-
 class ItemBatcher:
     def __init__(self, model: Model, max_items: int, max_wait_ms: float, max_queue: int,
                  on_batch: Callable[[int, int], None] | None = None):
@@ -236,7 +223,7 @@ class ItemBatcher:
         merged = SampleRequest(join("seeds"), join("labels"), None, join("conditions"), reqs[0].options)
         try:
             samples = self.model.sample(merged, batch_size=max(self.max_items, 1))
-            parts = _split(samples, [r.n for r in reqs])
+            parts = split_samples(samples, [r.n for r in reqs])
         except Exception as e:  # noqa: BLE001 - handed to the waiting request, which maps it
             if len(batch) > 1:  # whose failure is it? each request alone
                 for j in batch:

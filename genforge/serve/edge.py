@@ -41,6 +41,9 @@ class Edge:
     def __init__(self, app: ASGIApp, keys: KeyStore, public: set[str], max_body_bytes: int):
         self.app, self.keys, self.public, self.max_body = app, keys, public, max_body_bytes
 
+    def _too_large(self) -> APIError:
+        return APIError(413, f"the request body exceeds max_body_bytes ({self.max_body} bytes)", code="max_body_bytes")
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
@@ -61,8 +64,7 @@ class Edge:
             if not length.isdigit():
                 raise APIError(400, "the Content-Length header is not a number", code="invalid_header")
             if int(length) > self.max_body:
-                raise APIError(413, f"the request body exceeds max_body_bytes ({self.max_body} bytes)",
-                               code="max_body_bytes")
+                raise self._too_large()
             if path not in self.public:
                 scope["state"]["key"] = await self._authenticate(headers.get("authorization", ""))
             seen = 0
@@ -72,8 +74,7 @@ class Edge:
                 message = await receive()
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:  # a body without Content-Length: stop reading at the bound
-                    raise APIError(413, f"the request body exceeds max_body_bytes ({self.max_body} bytes)",
-                                   code="max_body_bytes")
+                    raise self._too_large()
                 return message
         except APIError as e:  # refused before any route ran
             metrics.REFUSED.labels(e.code or str(e.status)).inc()

@@ -90,10 +90,14 @@ async def _collect(request: Request, current: Served, jobs: list[TextJob], event
                        retry_after=5.0) from None
     finally:
         _cancel(jobs)
-        used = sum(len(j.seq.prompt) + len(j.seq.tokens) for j in jobs)
-        await reservation.settle(used)
+        await reservation.settle(_used(jobs))
         _account(current, jobs, started)
     return out
+
+
+def _used(jobs: list[TextJob]) -> int:
+    """Tokens a request used, prompts and completions: what its key's reservation is settled with."""
+    return sum(len(j.seq.prompt) + len(j.seq.tokens) for j in jobs)
 
 
 def _cancel(jobs: list[TextJob]) -> None:
@@ -171,7 +175,7 @@ async def _stream(request: Request, current: Served, jobs: list[TextJob], events
         _cancel(jobs)
         st.streams.release()
         _account(current, jobs, started)
-        reservation.settle_soon(sum(len(j.seq.prompt) + len(j.seq.tokens) for j in jobs))
+        reservation.settle_soon(_used(jobs))
 
 
 async def _respond(request: Request, req: Sampling, prompts: list[str], chat: bool) -> Any:
