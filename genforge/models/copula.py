@@ -35,7 +35,7 @@ from genforge.config import StrictModel
 from genforge.errors import ModelError
 from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
 from genforge.tabular.columns import Codec
-from genforge.tabular.family import TableState, fit_table, sample_table, schema_columns
+from genforge.tabular.family import TableState, fit_table, sample_table, schema_columns, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
 
 FIT_SEED = 0  # the uniform draws inside categories' intervals
@@ -193,9 +193,7 @@ def encode(config: Config, spec: DataSpec, fitted: Fitted, dataset: Any, split: 
 
 
 def build(config: Config, spec: DataSpec, fitted: Fitted) -> dict[str, nn.Module]:
-    if spec.kind != "table":
-        raise ModelError(f"the copula family trains on table datasets, got a {spec.kind} dataset")
-    return {"copula": Copula(TableState.of(fitted), fitted.meta, fitted.tensors["cholesky"])}
+    return {"copula": Copula(table_state(spec, fitted, "copula"), fitted.meta, fitted.tensors["cholesky"])}
 
 
 def train_step(modules: dict[str, nn.Module], batch: Batch, opt: Optimizer, step: int) -> dict[str, torch.Tensor]:

@@ -38,7 +38,7 @@ from torch import nn
 from genforge.config import StrictModel
 from genforge.errors import ModelError
 from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
-from genforge.tabular.family import TableState, encode_table, fit_table, sample_table
+from genforge.tabular.family import TableState, encode_table, fit_table, sample_table, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
 from genforge.tabular.segments import Segments
 from genforge.tabular.vgm import TransformConfig
@@ -185,13 +185,11 @@ def encode(config: Config, spec: DataSpec, fitted: Fitted, dataset: Any, split: 
 
 
 def build(config: Config, spec: DataSpec, fitted: Fitted) -> dict[str, nn.Module]:
-    if spec.kind != "table":
-        raise ModelError(f"the ctgan family trains on table datasets, got a {spec.kind} dataset")
-    state = TableState.of(fitted)
+    state = table_state(spec, fitted, "ctgan")
     cond = Conditions(state)
     g = Generator(config, state.transformer.width, cond.dim, state)
     g.cond = cond
-    g.seg = Segments([(s.start, s.size, s.role != "value") for s in state.transformer.spans], state.transformer.width)
+    g.seg = Segments.of(state.transformer)
     return {"generator": g, "discriminator": Discriminator(config, state.transformer.width + cond.dim)}
 
 

@@ -22,9 +22,8 @@ from pydantic import Field
 from torch import nn
 
 from genforge.config import StrictModel
-from genforge.errors import ModelError
 from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
-from genforge.tabular.family import TableState, encode_table, fit_table, sample_table
+from genforge.tabular.family import TableState, encode_table, fit_table, sample_table, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
 from genforge.tabular.segments import Segments
 from genforge.tabular.vgm import TransformConfig
@@ -83,7 +82,7 @@ class Decoder(nn.Module):
         self.sigma = nn.Parameter(torch.full((width,), 0.1))
         self.z_dim, self.loss_factor = config.embedding_dim, config.loss_factor
         self.state = state  # the fitted table: what sampling decodes with (the run's fitted state, not saved here)
-        self.seg = Segments([(s.start, s.size, s.role != "value") for s in state.transformer.spans], width)
+        self.seg = Segments.of(state.transformer)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.body(z)
@@ -102,9 +101,7 @@ def encode(config: Config, spec: DataSpec, fitted: Fitted, dataset: Any, split: 
 
 
 def build(config: Config, spec: DataSpec, fitted: Fitted) -> dict[str, nn.Module]:
-    if spec.kind != "table":
-        raise ModelError(f"the tvae family trains on table datasets, got a {spec.kind} dataset")
-    state = TableState.of(fitted)
+    state = table_state(spec, fitted, "tvae")
     width = state.transformer.width
     return {"encoder": Encoder(config, width), "decoder": Decoder(config, width, state)}
 

@@ -22,7 +22,6 @@ from genforge.serve.feedback import new_id, record, table_generation
 from genforge.serve.moderation import check_values
 from genforge.serve.protocol import Condition, TableRequest
 from genforge.tabular.family import TableState
-from genforge.tabular.sampling import check_conditions
 
 router = APIRouter()
 
@@ -39,11 +38,8 @@ def _per_row(req: TableRequest) -> tuple[Condition, ...]:
 def _check(table: TableState, conditions: Sequence[Condition], param: str) -> None:
     """Unknown columns and categories are refused here, naming the known ones: a merged call would
     otherwise fail first and run every request in it again alone."""
-    values = {(col, repr(v)): (col, v) for c in conditions for col, v in c.items() if not isinstance(v, dict)}
     try:
-        check_conditions(conditions, table.output_columns, len(conditions))
-        for col, value in values.values():
-            table.codec.condition(col, value)
+        table.check(conditions, len(conditions))
     except ConfigError as e:
         raise APIError(400, f"{param}: {e}", param=param, code="invalid_condition") from None
 

@@ -10,13 +10,13 @@ splits (not the rows) as a tensor: what the guard needs to refuse a verbatim cop
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from genforge.errors import DataError
+from genforge.errors import DataError, ModelError
 from genforge.models import Column, DataSpec, Fitted, SampleRequest, TableSamples
 from genforge.tabular.columns import Codec
 from genforge.tabular.sampling import Guard, Rules, SampleOptions, check_conditions, draw_rows, row_hashes
@@ -98,6 +98,21 @@ class TableState:
         return cls(Rules.model_validate(m["rules"]), Guard(tuple(m["guard_columns"]), hashes), t, codec,
                    tuple(m["output_columns"]), m["rows"])
 
+    def check(self, conditions: Sequence[dict[str, Any]], n: int) -> None:
+        """ConfigError for a condition on a column not generated or a value the table never had (named,
+        with the known ones), before any row is drawn: not 63 misses per row."""
+        check_conditions(conditions, self.output_columns, n)
+        values = {(col, repr(v)): (col, v) for c in conditions for col, v in c.items() if not isinstance(v, dict)}
+        for col, value in values.values():
+            self.codec.condition(col, value)
+
+
+def table_state(spec: DataSpec, fitted: Fitted, family: str) -> TableState:
+    """What a table family's `build` starts from: the fitted state, for a table data spec only."""
+    if spec.kind != "table":
+        raise ModelError(f"the {family} family trains on table datasets, got a {spec.kind} dataset")
+    return TableState.of(fitted)
+
 
 def encode_table(state: TableState, dataset: "Dataset", split: str) -> dict[str, torch.Tensor]:
     """{"x": float32 (N, width) in the transformer's spans, "codes": int64 (N, discrete columns)}."""
@@ -111,12 +126,7 @@ def sample_table(state: TableState, request: SampleRequest, options: SampleOptio
                  propose: Callable[[list[int], list[dict[str, Any]]], pd.DataFrame]) -> TableSamples:
     """One row per item that meets its condition (`sample.where`, then the request's own for the
     item), the rules and the guard; `propose` is the model."""
-    check_conditions(request.conditions, state.output_columns, request.n)
     conditions = [{**options.where, **c} for c in request.conditions or [{}] * request.n]
-    check_conditions(conditions, state.output_columns, request.n)
-    for cond in conditions:
-        for col, value in cond.items():
-            if not isinstance(value, dict):
-                state.codec.condition(col, value)  # a category the table never had is a clear error, not 63 misses
+    state.check(conditions, request.n)
     frame, _ = draw_rows(propose, list(request.seeds), conditions, state.rules, state.guard, options.max_rounds)
     return TableSamples(frame)

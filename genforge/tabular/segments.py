@@ -8,10 +8,13 @@ whose logits are all far below another span's)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from genforge.tabular.vgm import TableTransformer
 
 
 class Segments(nn.Module):
@@ -28,6 +31,11 @@ class Segments(nn.Module):
         self.register_buffer("values", torch.tensor([s for s, _, hot in spans if not hot], dtype=torch.long),
                              persistent=False)
         self.count, self.width = len(onehot), width
+
+    @classmethod
+    def of(cls, transformer: "TableTransformer") -> "Segments":
+        """The spans of a table transformer's encoded rows (value spans are the tanh columns)."""
+        return cls([(s.start, s.size, s.role != "value") for s in transformer.spans], transformer.width)
 
     def _shifted(self, y: torch.Tensor) -> torch.Tensor:
         seg = self.seg.expand(len(y), -1)
