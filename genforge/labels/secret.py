@@ -1,4 +1,5 @@
-"""The workspace's watermark key: 32 random bytes made once, kept in the workspace, never in an image.
+"""The workspace's watermark key: 32 random bytes made once, kept in the workspace, never in an image
+(the text watermark's key is derived from it: genforge.textmark).
 
 Whoever holds it can read (and forge) the watermark, so the file is owner-only; anyone without it sees
 noise. A second process racing to create it gets the first one's key (the file is published with a link,
@@ -28,7 +29,7 @@ def workspace_key(create: bool = True) -> bytes:
     if not path.exists():
         if not create:
             raise ConfigError(f"this workspace has no watermark key ({path}): nothing it made can be verified here; "
-                              "set GENFORGE_HOME to the workspace that generated the image")
+                              "set GENFORGE_HOME to the workspace that generated the image or text")
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".watermark.key.", dir=path.parent)  # 0600
         try:
