@@ -24,11 +24,16 @@ def check(request: Request, text: str, where: Where) -> Verdict:
     return verdict
 
 
-def check_prompt(request: Request, text: str, param: str) -> str:
-    """The prompt the model may see (personal data redacted, if so configured), or a 400 naming the rule."""
+def _allowed_prompt(request: Request, text: str, param: str) -> Verdict:
     verdict = check(request, text, "prompt")
     if not verdict.allowed:
         raise APIError(400, verdict.message("prompt"), param=param, code="content_policy_violation")
+    return verdict
+
+
+def check_prompt(request: Request, text: str, param: str) -> str:
+    """The prompt the model may see (personal data redacted, if so configured), or a 400 naming the rule."""
+    verdict = _allowed_prompt(request, text, param)
     return text if verdict.redacted_text is None else verdict.redacted_text
 
 
@@ -36,9 +41,7 @@ def check_values(request: Request, conditions: Sequence[dict[str, Any]], param: 
     """A table request's string values, as prompts. Only refusals apply: a redacted value would
     name no category of the model."""
     for value in {v for c in conditions for v in c.values() if isinstance(v, str)}:
-        verdict = check(request, value, "prompt")
-        if not verdict.allowed:
-            raise APIError(400, verdict.message("prompt"), param=param, code="content_policy_violation")
+        _allowed_prompt(request, value, param)
 
 
 def moderated_choice(request: Request, text: str, finish_reason: str) -> tuple[str, str]:
