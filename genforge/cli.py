@@ -10,6 +10,7 @@ from rich.console import Console
 
 from genforge.errors import GenforgeError
 from genforge.labels.cli import labels_app
+from genforge.review.cli import review_app
 from genforge.serve.feedback_cli import feedback_app
 from genforge.serve.keys_cli import keys_app
 
@@ -36,6 +37,7 @@ _app.add_typer(data_app, name="data")
 _app.add_typer(keys_app, name="keys")
 _app.add_typer(labels_app, name="labels")
 _app.add_typer(feedback_app, name="feedback")
+_app.add_typer(review_app, name="review")
 
 
 # ---- data -------------------------------------------------------------------------------

@@ -48,7 +48,7 @@ EVAL_TAG = "genforge.eval"
 # Metric names whose smaller values are better; anything else a policy compares must say its direction.
 LOWER_IS_BETTER = ("fd", "fid", "kid", "perplexity", "memorisation", "repetition", "self_bleu", "loss", "nelbo")
 HIGHER_IS_BETTER = ("precision", "recall", "accuracy", "agreement", "coverage", "classifier_score", "distinct",
-                    "review", "score")
+                    "review", "score", "human.")  # human.*: genforge/review/summary.py
 
 
 @dataclass(frozen=True)

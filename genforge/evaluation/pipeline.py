@@ -52,6 +52,7 @@ from genforge.evaluation.evaluator import Evaluator, EvaluatorConfig, load_or_tr
 from genforge.evaluation.report import ReportEntry, render_report
 from genforge.models import Batch, ImageSamples, SampleRequest, TableSamples, TextSamples, gpt
 from genforge.outputs import write_table, write_texts
+from genforge.review.summary import reviews_of
 from genforge.runs import Run, load_run
 from genforge.sampling import Model
 from genforge.tracking import track_evaluation
@@ -633,11 +634,12 @@ def evaluate_run(ref: str, options: EvalOptions = EvalOptions()) -> Path:
         "warnings": scored.warnings + [f"training: {w}" for w in run.info.get("warnings", [])],  # the family's health checks
         "training": _training_timings(run),
         "timings": {**scored.timings, "total_s": round(time.perf_counter() - t_start, 2)},
+        "human_review": reviews_of([run.id]),
     }
     atomic_write_json(eval_dir / "metrics.json", metrics)
     report = eval_dir / "report.html"
     atomic_write_text(report, render_report([ReportEntry(run, metrics, scored.samples, scored.reference)], dataset,
-                                            scored.rows))
+                                            scored.rows, metrics["human_review"]))
     track_evaluation(run.path, lambda msg: print(f"warning: {msg}", file=sys.stderr))
     return report
 
@@ -686,12 +688,14 @@ def compare_runs(refs: list[str], options: EvalOptions = EvalOptions(), out: Pat
     table = _compare_table(entries, shared_reference=len(dataset_refs) == 1)
     out = out or home() / "reports" / f"compare-{datetime.now(timezone.utc):%Y%m%d-%H%M%S}"
     warnings = [f"{e.run.id}: {w}" for e in entries for w in e.metrics["warnings"]]
+    reviews = reviews_of([e.run.id for e in entries])
     atomic_write_json(out / "metrics.json", {"format": COMPARE_FORMAT, "kind": kinds[0],
                                              "runs": [e.run.id for e in entries], "datasets": sorted(dataset_refs),
-                                             "options": asdict(options), "rows": table, "warnings": warnings})
+                                             "options": asdict(options), "rows": table, "warnings": warnings,
+                                             "human_review": reviews})
     report = out / "report.html"
     shared = open_dataset(next(iter(dataset_refs))) if len(dataset_refs) == 1 else None
-    atomic_write_text(report, render_report(entries, shared, rows=table))
+    atomic_write_text(report, render_report(entries, shared, table, reviews))
     return report
 
 

@@ -305,8 +305,27 @@ def _image_labels(samples: ImageSamples) -> np.ndarray:
     return np.asarray(samples.labels if samples.labels is not None else [-1] * len(samples))
 
 
-def render_report(entries: list[ReportEntry], dataset: Dataset | None, rows: list[dict[str, Any]]) -> str:
-    """The whole page as a string: one run (evaluate) or several (compare)."""
+def human_review(summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per source of each review (genforge/review/summary.py), its figure and interval formatted."""
+    lines = []
+    for s in summaries:
+        review = f"{s['name']} ({s['id']}, {s['mode']}): {s['ratings']} ratings by {s['reviewers']} reviewers, " \
+                 f"{s['items_rated']} of {s['items']} items"
+        if s["mode"] == "rubric":
+            shown = [(s["source"], "score (1-5)", s["score"], s["low"], s["high"],
+                      ", ".join(f"{k}: {v}" for k, v in s["histogram"].items()))]
+        else:
+            shown = [(x["source"], "preferred", x["preference"], x["low"], x["high"],
+                      f"{x['wins']} wins, {x['losses']} losses, {x['ties']} ties") for x in s["sources"]]
+        lines += [{"review": "" if i else review, "source": source, "figure": f"{what} {format_value(value, 3)}",
+                   "interval": "—" if low is None else f"{low:.3f}–{high:.3f}", "counts": counts}
+                  for i, (source, what, value, low, high, counts) in enumerate(shown)]
+    return lines
+
+
+def render_report(entries: list[ReportEntry], dataset: Dataset | None, rows: list[dict[str, Any]],
+                  reviews: list[dict[str, Any]]) -> str:
+    """The whole page as a string: one run (evaluate) or several (compare), with their human reviews."""
     kind = entries[0].samples.kind
     unit, speed = UNITS[kind]
     runs = []
@@ -348,5 +367,5 @@ def render_report(entries: list[ReportEntry], dataset: Dataset | None, rows: lis
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), kind=kind, table=_table(rows), runs=runs,
         dataset=card, loss_curves=loss_curves(entries), evaluator=first.get("evaluator", {}),
         standard_fid=first.get("standard_fid", {}), text_tokens=first.get("text_tokens"), notes=_notes(entries),
-        columns=first.get("columns"), column_scores=column_scores(entries),
+        columns=first.get("columns"), column_scores=column_scores(entries), human_review=human_review(reviews),
     )

@@ -21,7 +21,8 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from genforge import __version__
-from genforge.serve import errors, feedback, images, metrics, tables, text
+from genforge.review.store import ReviewStore
+from genforge.serve import errors, feedback, images, metrics, page, reviews, tables, text
 from genforge.serve.config import ServeConfig, load_serve_config
 from genforge.serve.context import State, admit, state
 from genforge.serve.edge import Edge, JSONFormatter
@@ -84,11 +85,13 @@ def create_app(config: ServeConfig) -> FastAPI:
                   description="OpenAI-compatible generation of text, images and tables from genforge's models.")
     app.state.genforge = st
     app.state.feedback = FeedbackStore(config.feedback_db)
+    app.state.reviews = ReviewStore(config.reviews_db)
     errors.install(app)
     app.include_router(text.router)
     app.include_router(images.router)
     app.include_router(tables.router)
     app.include_router(feedback.router)
+    app.include_router(reviews.router)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> Any:
@@ -96,6 +99,15 @@ def create_app(config: ServeConfig) -> FastAPI:
         await admit(request, 0)  # a request like any other for the key's requests_per_minute
         cards = [s.current.card() for n, s in st.slots.items() if s.current is not None and key.allows(n)]
         return {"object": "list", "data": cards}
+
+    @app.get("/v1/models/{model}")
+    async def retrieve_model(model: str, request: Request) -> Any:
+        """OpenAI's retrieve-model, with genforge's details (model card, options, classes or columns)."""
+        await admit(request, 0)
+        slot = st.slots.get(model)
+        if slot is None or slot.current is None or not request.state.key.allows(model):
+            raise APIError(404, f"no model {model[:100]!r} is served to this key", param="model", code="model_not_found")
+        return slot.current.details()
 
     @app.get("/healthz")
     async def healthz() -> Any:
@@ -114,12 +126,17 @@ def create_app(config: ServeConfig) -> FastAPI:
         data, content_type = metrics.exposition()
         return Response(data, media_type=content_type)
 
+    if config.page:
+        page.install(app)
+
     @app.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE", "PATCH"], include_in_schema=False)
     async def unknown(path: str) -> Any:
         raise APIError(404, f"no route /{path[:100]}", code="not_found")
 
     public = set(config.public_paths) | ({"/metrics"} if config.metrics_public else set())
-    app.add_middleware(Edge, keys=keys, public=public, max_body_bytes=config.limits.max_body_bytes)
+    prefixes = (page.PREFIX,) if config.page else ()
+    app.add_middleware(Edge, keys=keys, public=public | ({"/"} if config.page else set()), public_prefixes=prefixes,
+                       max_body_bytes=config.limits.max_body_bytes)
     return app
 
 

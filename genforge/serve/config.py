@@ -59,10 +59,12 @@ class ServeConfig(StrictModel):
     limits: Limits = Limits()
     public_paths: list[str] = list(PUBLIC_PATHS)  # reachable without a key
     metrics_public: bool = False  # /metrics without a key (a scraper inside the network)
+    page: bool = True  # the web page at / (static files, public; every action it takes needs a key)
     reload_interval_s: float = Field(default=5.0, ge=0.0)  # how often aliases are checked; 0: never
     keys_db: Path | None = None  # default: <workspace>/serve/keys.db
     moderation: ModerationConfig = ModerationConfig()  # prompts and text outputs; see genforge.moderation
     feedback_db: Path | None = None  # the generation log and ratings; default: <workspace>/serve/feedback.db
+    reviews_db: Path | None = None  # human review sets and ratings; default: <workspace>/reviews/reviews.db
 
     @model_validator(mode="after")
     def _unique(self) -> "ServeConfig":

@@ -20,7 +20,8 @@ from genforge.serve.keys import KeyStore
 
 log = logging.getLogger("genforge.serve")
 ROUTES = {"/v1/models", "/v1/completions", "/v1/chat/completions", "/v1/images/generations",
-          "/v1/tables/generations", "/v1/feedback", "/healthz", "/readyz", "/metrics"}
+          "/v1/tables/generations", "/v1/feedback", "/v1/reviews", "/v1/reviews/{review_id}",
+          "/v1/reviews/{review_id}/ratings", "/v1/reviews/{review_id}/summary", "/healthz", "/readyz", "/metrics"}
 
 
 class JSONFormatter(logging.Formatter):
@@ -38,8 +39,10 @@ class JSONFormatter(logging.Formatter):
 
 
 class Edge:
-    def __init__(self, app: ASGIApp, keys: KeyStore, public: set[str], max_body_bytes: int):
+    def __init__(self, app: ASGIApp, keys: KeyStore, public: set[str], max_body_bytes: int,
+                 public_prefixes: tuple[str, ...] = ()):
         self.app, self.keys, self.public, self.max_body = app, keys, public, max_body_bytes
+        self.public_prefixes = public_prefixes  # the page's static files: no key, GET only
 
     def _too_large(self) -> APIError:
         return APIError(413, f"the request body exceeds max_body_bytes ({self.max_body} bytes)", code="max_body_bytes")
@@ -65,7 +68,8 @@ class Edge:
                 raise APIError(400, "the Content-Length header is not a number", code="invalid_header")
             if int(length) > self.max_body:
                 raise self._too_large()
-            if path not in self.public:
+            if path not in self.public and not (scope["method"] in ("GET", "HEAD")
+                                                and path.startswith(self.public_prefixes)):
                 scope["state"]["key"] = await self._authenticate(headers.get("authorization", ""))
             seen = 0
 
@@ -82,7 +86,8 @@ class Edge:
         else:
             await self.app(scope, bounded, send_logged)
         finally:
-            route = path if path in ROUTES else "other"
+            template = getattr(scope.get("route"), "path", path)  # the route's own path: one label for every id
+            route = template if template in ROUTES else "other"
             seconds = time.perf_counter() - started
             metrics.REQUESTS.labels(route, str(status["code"])).inc()
             metrics.LATENCY_S.labels(route).observe(seconds)

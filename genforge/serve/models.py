@@ -18,6 +18,7 @@ from genforge.sampling import Model, load_model
 from genforge.serve import metrics
 from genforge.serve.batching import ItemBatcher, TextEngine
 from genforge.serve.config import ServeConfig, ServedModel
+from genforge.tabular.columns import ColumnSpec
 from genforge.tabular.family import TableState
 
 log = logging.getLogger("genforge.serve")
@@ -44,6 +45,35 @@ class Served:
     def card(self) -> dict[str, Any]:
         return {"id": self.name, "object": "model", "created": 0, "owned_by": "genforge", "kind": self.kind,
                 "family": self.model.family_name, "version": self.version, "source": self.source}
+
+    def details(self) -> dict[str, Any]:
+        """`GET /v1/models/{id}`: the card plus what a client needs to build a request without reading the
+        docs: the model card (registered versions carry MODEL_CARD.md), the options a request may set with
+        their defaults, and the classes (images) or columns and categories (tables) it accepts."""
+        model, spec = self.model, self.model.spec
+        card_file = model.checkpoint.path / "MODEL_CARD.md"
+        defaults = model.sample_defaults.model_dump(mode="json")
+        out = {**self.card(), "model_card": card_file.read_text(encoding="utf-8") if card_file.is_file() else None,
+               "options": {k: defaults.get(k) for k in model.family.REQUEST_OPTIONS if k != "where"}}
+        if self.kind == "image":
+            out.update(classes=list(spec.classes), size=f"{spec.width}x{spec.height}")
+        if self.table is not None:
+            out["columns"] = [_column(c) for c in self.table.codec.columns]
+        return out
+
+
+MAX_LISTED = 200  # categories listed per table column; a longer list is cut and says so
+
+
+def _column(c: ColumnSpec) -> dict[str, Any]:
+    """A table column as a client sees it: the categories it may condition on, the range of a number."""
+    out: dict[str, Any] = {"name": c.name, "type": c.type, "nullable": c.nullable}
+    if c.categories:
+        values = [v for v in c.categories if v is not None]
+        out.update(categories=values[:MAX_LISTED], categories_listed_all=len(values) <= MAX_LISTED)
+    if c.type == "numeric" and c.lo is not None:
+        out.update(min=c.lo, max=c.hi)
+    return out
 
 
 def _locate(cfg: ServedModel) -> tuple[str, Any]:
