@@ -345,6 +345,10 @@ def test_record_makes_a_policy_pass_and_the_report_shows_reviews(runs, workspace
     row = next(r for r in json.loads((load_run(gan1).path / "eval" / "metrics.json").read_text())["rows"]
                if r["kind"] == "samples")
     assert row["human.score"] == 3.5 and row["human.ratings"] == 4 and row["human.score_low"] < 3.5
+    evaluate_run(gan1, options)  # evaluated again: the automatic figures are re-measured, people's are kept
+    row = next(r for r in json.loads((load_run(gan1).path / "eval" / "metrics.json").read_text())["rows"]
+               if r["kind"] == "samples")
+    assert row["human.score"] == 3.5 and row["human.ratings"] == 4
 
     pairs = create_review([gan1, gan2], 2)
     for item in store.items(pairs.id):

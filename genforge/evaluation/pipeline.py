@@ -229,7 +229,7 @@ def _default_n(count: int, kind: str) -> int:
     return min(count or MAX_DEFAULT_N[kind], MAX_DEFAULT_N[kind])
 
 
-def _heldout(dataset: Dataset, split: str) -> tuple[str, np.ndarray, np.ndarray]:
+def heldout(dataset: Dataset, split: str) -> tuple[str, np.ndarray, np.ndarray]:
     """The real images of the reference row: the run's val split, else the test split."""
     for name in dict.fromkeys((split, "val", "test")):
         images, labels = dataset.images(name)
@@ -300,7 +300,7 @@ def _score_images(run: Run, dataset: Dataset, options: EvalOptions) -> Scored:
     reference = ImageReference.for_dataset(dataset)
     evaluator_s = time.perf_counter() - t0
 
-    split, real, real_labels = _heldout(dataset, run.config.data.val_split)
+    split, real, real_labels = heldout(dataset, run.config.data.val_split)
     n = options.n or _default_n(len(real), "image")
     keep = np.sort(np.random.default_rng(options.seed).permutation(len(real))[:n])  # a seeded subset when n is smaller
     real, real_labels = real[keep], real_labels[keep]
@@ -341,7 +341,7 @@ def _split_texts(run: Run, dataset: Dataset, split: str) -> tuple[list[str] | No
     return (None, a) if b is None else (a, b)
 
 
-def _heldout_texts(run: Run, dataset: Dataset) -> tuple[str, list[str] | None, list[str]]:
+def heldout_texts(run: Run, dataset: Dataset) -> tuple[str, list[str] | None, list[str]]:
     """(split, prompts, texts) of the reference row: the run's val split, else val, else test; "" when all are empty."""
     for split in dict.fromkeys((run.config.data.val_split, "val", "test")):
         prompts, texts = _split_texts(run, dataset, split)
@@ -456,7 +456,7 @@ def _score_texts(run: Run, dataset: Dataset, options: EvalOptions) -> Scored:
     model = run.model()
     tok = TextTokenizer.from_fitted(model.fitted)
     fmt, budget = run.config.model.format, model.options(options.sample).max_tokens
-    split, real_prompts, real = _heldout_texts(run, dataset)
+    split, real_prompts, real = heldout_texts(run, dataset)
     train_prompts, train_texts = _split_texts(run, dataset, run.config.data.train_split)
     n = options.n or _default_n(len(real), "text")
     order = np.random.default_rng(options.seed).permutation(len(real))
@@ -530,7 +530,7 @@ def _score_texts(run: Run, dataset: Dataset, options: EvalOptions) -> Scored:
     return Scored(n, rows, sections, warnings, timings, samples, reference)
 
 
-def _heldout_rows(run: Run, dataset: Dataset) -> tuple[str, pd.DataFrame]:
+def heldout_rows(run: Run, dataset: Dataset) -> tuple[str, pd.DataFrame]:
     """(split, rows) of the reference row: the run's val split, else val, else test; "" when all are empty."""
     for split in dict.fromkeys((run.config.data.val_split, "val", "test")):
         rows = dataset.frame(split)
@@ -544,7 +544,7 @@ def _score_tables(run: Run, dataset: Dataset, options: EvalOptions) -> Scored:
     the real held-out rows, against the train split; ML efficacy of the samples."""
     if options.fid:
         raise ConfigError("standard FID is an image figure; evaluate a table run without --fid")
-    split, real = _heldout_rows(run, dataset)
+    split, real = heldout_rows(run, dataset)
     reference = TableReference.for_dataset(dataset, run.config.data.train_split, split)
     n = options.n or _default_n(len(reference.train), "table")
     keep = np.sort(np.random.default_rng(options.seed).permutation(len(real))[:n])  # a seeded subset when n is smaller
@@ -616,6 +616,19 @@ def _scorer(run: Run, dataset: Dataset) -> Callable[[Run, Dataset, EvalOptions],
     return SCORERS[dataset.kind]
 
 
+def _keep_human_figures(path: Path, metrics: dict[str, Any]) -> None:
+    """A new evaluation of the same checkpoint keeps the human.* figures `genforge review record` wrote there:
+    sampling again re-measures the automatic metrics, not what people said."""
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    if old.get("checkpoint") != metrics["checkpoint"]:
+        return
+    human = {k: v for row in old.get("rows", []) if row.get("kind") == "samples"
+             for k, v in row.items() if k.startswith("human.")}
+    for row in metrics["rows"]:
+        if row.get("kind") == "samples":
+            row.update(human)
+
+
 def evaluate_run(ref: str, options: EvalOptions = EvalOptions()) -> Path:
     """Sample from a run, score the samples and the real held-out data, write eval/. Returns the report path."""
     options.check()
@@ -636,6 +649,7 @@ def evaluate_run(ref: str, options: EvalOptions = EvalOptions()) -> Path:
         "timings": {**scored.timings, "total_s": round(time.perf_counter() - t_start, 2)},
         "human_review": reviews_of([run.id]),
     }
+    _keep_human_figures(eval_dir / "metrics.json", metrics)
     atomic_write_json(eval_dir / "metrics.json", metrics)
     report = eval_dir / "report.html"
     atomic_write_text(report, render_report([ReportEntry(run, metrics, scored.samples, scored.reference)], dataset,
@@ -650,8 +664,8 @@ def _default_count(run: Run, dataset: Dataset) -> int:
     if dataset.kind == "table":
         return len(dataset.frame(run.config.data.train_split))
     if dataset.kind == "text":
-        return len(_heldout_texts(run, dataset)[2])
-    return len(_heldout(dataset, run.config.data.val_split)[1])
+        return len(heldout_texts(run, dataset)[2])
+    return len(heldout(dataset, run.config.data.val_split)[1])
 
 
 def compare_runs(refs: list[str], options: EvalOptions = EvalOptions(), out: Path | None = None) -> Path:

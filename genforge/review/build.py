@@ -23,7 +23,7 @@ import pandas as pd
 
 from genforge.data.store import Dataset, open_dataset
 from genforge.errors import ConfigError
-from genforge.evaluation.pipeline import _heldout, _heldout_rows, _heldout_texts
+from genforge.evaluation.pipeline import heldout, heldout_rows, heldout_texts
 from genforge.evaluation.report import table_preview
 from genforge.models import SampleRequest, TextSamples, gpt
 from genforge.moderation import Moderator, moderate_samples
@@ -114,7 +114,7 @@ def _images(runs: list[Run], dataset: Dataset, n: int, seed: int, real: bool) ->
     rng = np.random.default_rng(seed)
     labels, columns, source = None, [], None
     if real:
-        split, images, ys = _heldout(dataset, runs[0].config.data.val_split)
+        split, images, ys = heldout(dataset, runs[0].config.data.val_split)
         if not split:
             raise _no_heldout(runs[0], dataset, "images")
         ys = ys if classes else np.zeros(len(images), dtype=np.int64)
@@ -139,7 +139,7 @@ def _texts(runs: list[Run], dataset: Dataset, n: int, seed: int, real: bool) -> 
     """Prompt/completion runs complete held-out prompts (real: beside the held-out completion); other runs write
     new documents (real: beside held-out texts). Every text is cut to one token budget and moderated alike."""
     prompted = all(r.config.model.format == "prompt_completion" for r in runs)
-    split, prompts, texts = _heldout_texts(runs[0], dataset)
+    split, prompts, texts = heldout_texts(runs[0], dataset)
     if (real or prompted) and not texts:
         raise _no_heldout(runs[0], dataset, "prompts" if prompted else "texts")
     models = [r.model() for r in runs]
@@ -182,7 +182,7 @@ def _tables(runs: list[Run], dataset: Dataset, n: int, seed: int, real: bool) ->
                           "would tell a reviewer which side is which")
     source = None
     if real:
-        split, rows = _heldout_rows(runs[0], dataset)
+        split, rows = heldout_rows(runs[0], dataset)
         if not split:
             raise _no_heldout(runs[0], dataset, "rows")
         frames.append(rows[columns].iloc[_cycled(np.random.default_rng(seed), len(rows), n * TABLE_ROWS)])
