@@ -109,6 +109,8 @@ def generate(run: str | Path, n: int = 64, *, seed: int = 0, labels: list[str | 
         out = loaded.path / "samples" / f"n{request.n}-seed{seed}{label_tag}{'-' + tag if tag else ''}"
     meta = {"ai_generated": True, "generator": "genforge", "run": loaded.id, "checkpoint": loaded.checkpoint().path.name,
             "seed": seed, "options": options or {}}  # provenance beside every output: each text record, samples.json
+    if samples.kind == "table":  # where a table's label goes: sidecar, columns or both (sample.provenance)
+        meta["provenance"] = loaded.model().options(options or {}).provenance
     return Generated(samples, write_samples(samples, Path(out), meta))
 
 

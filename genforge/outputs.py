@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from PIL import Image
 from genforge.errors import ConfigError
 from genforge.labels import label_png
 from genforge.models import ImageSamples, Samples, TableSamples, TextSamples
+from genforge.tabular.provenance import with_columns
 from genforge.workspace import atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_write_with
 
 SAMPLES_FORMAT = "genforge-samples/1"
@@ -80,16 +82,24 @@ def write_texts(samples: TextSamples, out: Path, meta: dict[str, Any]) -> Path:
 
 
 def write_table(samples: TableSamples, out: Path, meta: dict[str, Any]) -> Path:
-    """A csv or parquet file (by `out`'s suffix; a folder gets samples.csv) and a samples.json beside it."""
+    """A csv or parquet file (by `out`'s suffix; a folder gets samples.csv) and, unless meta's `provenance`
+    (sample.provenance) is "columns", a samples.json beside it; "columns" and "both" add provenance columns
+    to every row (genforge.tabular.provenance). One generation id names the table in either."""
     path = out if out.suffix in (".csv", ".parquet") else out / "samples.csv"
     if path.suffix not in (".csv", ".parquet"):
         raise ConfigError(f"tables are written as .csv or .parquet, got {path}")
+    choice, gid = meta.get("provenance", "sidecar"), f"tbl-{uuid.uuid4().hex}"
+    frame = samples.frame
+    if choice != "sidecar":
+        frame = with_columns(frame, str(meta.get("run", "")), str(meta.get("checkpoint", "")), gid)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".csv":
-        atomic_write_with(path, lambda p: samples.frame.to_csv(p, index=False))
+        atomic_write_with(path, lambda p: frame.to_csv(p, index=False))
     else:
-        atomic_write_with(path, lambda p: samples.frame.to_parquet(p, index=False))
-    atomic_write_json(path.with_name(path.stem + ".samples.json"), {"format": SAMPLES_FORMAT, "count": len(samples), **meta})
+        atomic_write_with(path, lambda p: frame.to_parquet(p, index=False))
+    if choice != "columns":
+        atomic_write_json(path.with_name(path.stem + ".samples.json"),
+                          {"format": SAMPLES_FORMAT, "count": len(samples), "generation_id": gid, **meta})
     return path
 
 

@@ -243,6 +243,19 @@ def test_tables_as_json_and_csv_the_same_alone_or_merged(server, key):
         pytest.fail("concurrent table requests were never merged into one call")
 
 
+def test_table_provenance_columns_per_request(server, key):
+    client = server.client(key)
+    assert not any(c["name"].startswith("genforge_") for c in tables(client, n=2, seed=1)["columns"])  # the default
+    cols = tables(client, n=3, seed=1, provenance="columns")
+    assert {"name": "genforge_ai_generated", "type": "boolean"} in cols["columns"] and cols["provenance"]["ai_generated"]
+    assert all(r["genforge_ai_generated"] is True and r["genforge_model"] == "penguins" and r["genforge_model_version"]
+               and r["genforge_generation_id"] == cols["generation_id"] for r in cols["data"])
+    both = pd.read_csv(io.StringIO(tables(client, n=3, seed=1, provenance="both", response_format="csv")["csv"]))
+    assert both["genforge_ai_generated"].all() and both["genforge_model"].eq("penguins").all()
+    with pytest.raises(openai.BadRequestError, match="provenance"):
+        tables(client, n=1, provenance="rows")
+
+
 def test_table_conditions_are_met_or_refused_naming_the_param(server, key):
     client = server.client(key)
     gentoo = tables(client, n=20, seed=1, conditions={"species": "Gentoo"})["data"]

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 
 import genforge
+from clirun import invoke
 from genforge.data.store import open_dataset
 from genforge.errors import ConfigError, ModelError
+from genforge.tabular.provenance import COLUMNS, with_columns
 from genforge.tabular.sampling import row_hashes
 
 CITIES = {"north": [("Harbin", "Heilongjiang"), ("Shenyang", "Liaoning")],
@@ -73,6 +75,24 @@ def test_rows_keep_the_real_columns_types_missing_values_and_every_rule(orders_r
     # the written csv reads back with the same values
     back = pd.read_csv(out.path)
     assert len(back) == 1000 and list(back.columns) == list(syn.columns)
+
+
+def test_provenance_in_a_sidecar_in_columns_or_both(orders_run, tmp_path):
+    names = [c for c in orders().columns if c != "note"]
+    plain = genforge.generate(orders_run.id, 5, seed=1, out=tmp_path / "sidecar.csv").path  # the default
+    sidecar = json.loads((tmp_path / "sidecar.samples.json").read_text())
+    assert list(pd.read_csv(plain).columns) == names and sidecar["ai_generated"] and sidecar["provenance"] == "sidecar"
+    assert sidecar["generation_id"].startswith("tbl-")
+    invoke("generate", orders_run.id, "--n", "5", "--out", str(tmp_path / "cols.csv"), "--set", "sample.provenance=columns")
+    both = genforge.generate(orders_run.id, 5, seed=1, out=tmp_path / "both.parquet", options={"provenance": "both"}).path
+    for frame in (pd.read_csv(tmp_path / "cols.csv"), pd.read_parquet(both)):
+        assert list(frame.columns) == names + list(COLUMNS) and frame["genforge_ai_generated"].all()
+        assert (frame["genforge_model"] == orders_run.id).all() and frame["genforge_generation_id"].nunique() == 1
+        assert frame["genforge_model_version"].str.startswith("step-").all()
+    assert not (tmp_path / "cols.samples.json").exists()  # columns alone: no sidecar
+    assert json.loads((tmp_path / "both.samples.json").read_text())["generation_id"] == pd.read_parquet(both)["genforge_generation_id"][0]
+    with pytest.raises(ConfigError, match=r"collide with the table's own \['genforge_model'\]"):
+        with_columns(pd.DataFrame({"genforge_model": ["mine"]}), "m", "1", "tbl-1")
 
 
 def test_conditions_one_several_ranges_impossible_and_unknown(orders_run):

@@ -57,7 +57,7 @@ EMA = ()
 HEADLINE = "nll"
 GRAD_SYNC = "ddp"
 TUNABLE = ("rules",)
-REQUEST_OPTIONS = ("where", "max_rounds")
+REQUEST_OPTIONS = ("where", "max_rounds", "provenance")
 EPS = 1e-9
 
 

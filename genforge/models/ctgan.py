@@ -67,7 +67,7 @@ EMA = ("generator",)
 HEADLINE = "d_loss"
 GRAD_SYNC = "optimizer"  # the gradient penalty is a double backward, which DDP cannot run
 TUNABLE = ("rules",)
-REQUEST_OPTIONS = ("where", "max_rounds")
+REQUEST_OPTIONS = ("where", "max_rounds", "provenance")
 
 
 class Residual(nn.Module):

@@ -50,7 +50,7 @@ EMA = ("decoder",)
 HEADLINE = "loss"
 GRAD_SYNC = "ddp"
 TUNABLE = ("rules", "loss_factor")
-REQUEST_OPTIONS = ("where", "max_rounds")
+REQUEST_OPTIONS = ("where", "max_rounds", "provenance")
 
 
 def _mlp(dims: list[int], i: int) -> tuple[nn.Sequential, int]:

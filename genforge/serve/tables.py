@@ -22,6 +22,7 @@ from genforge.serve.feedback import new_id, record, table_generation
 from genforge.serve.moderation import check_values
 from genforge.serve.protocol import Condition, TableRequest
 from genforge.tabular.family import TableState
+from genforge.tabular.provenance import COLUMNS, check_free, with_columns
 
 router = APIRouter()
 
@@ -61,16 +62,26 @@ async def generate_tables(req: TableRequest, request: Request) -> Any:
     conditions = _per_row(req)
     check_values(request, conditions, "conditions")
     chosen = family_extras(request, current, req.extras())
+    chosen_options = options(current, chosen)
     _check(current.table, conditions, "conditions")
-    _check(current.table, [options(current, chosen).where], "where")
+    _check(current.table, [chosen_options.where], "where")
+    labelled = chosen_options.provenance != "sidecar"  # the response's `provenance` object is always there
+    if labelled:
+        try:
+            check_free(current.table.output_columns)
+        except ConfigError as e:
+            raise APIError(400, str(e), param="provenance", code="invalid_value") from None
     try:
         sample = SampleRequest(item_seeds(seed_of(req.seed), req.n), conditions=conditions, options=chosen)
         samples, current = await generate_items(request, current, sample, "rows")
     except ModelError as e:  # no row met a condition in max_rounds: the request asked for what the model cannot make
         param = "conditions" if req.conditions else "where" if chosen.get("where") else None
         raise APIError(400, str(e), param=param, code="condition_unmet") from None
-    frame, types = samples.frame, {c.name: c.type for c in current.model.spec.columns}
     gid = new_id("tbl")
+    frame, types = samples.frame, {c.name: c.type for c in current.model.spec.columns}
+    if labelled:
+        frame = with_columns(frame, current.name, current.version, gid)
+        types |= {c: "boolean" if c.endswith("ai_generated") else "categorical" for c in COLUMNS}
     await record(request, current, [table_generation(gid, req, len(frame))])
     body = {"object": "table", "generation_id": gid, "created": int(time.time()), "model": current.name,
             "system_fingerprint": current.fingerprint, "provenance": provenance(current, generation_ids=[gid]),

@@ -19,6 +19,7 @@ import torch
 from genforge.errors import DataError, ModelError
 from genforge.models import Column, DataSpec, Fitted, SampleRequest, TableSamples
 from genforge.tabular.columns import Codec
+from genforge.tabular.provenance import check_free
 from genforge.tabular.sampling import Guard, Rules, SampleOptions, check_conditions, draw_rows, row_hashes
 from genforge.tabular.vgm import TableTransformer, TransformConfig
 
@@ -128,5 +129,7 @@ def sample_table(state: TableState, request: SampleRequest, options: SampleOptio
     item), the rules and the guard; `propose` is the model."""
     conditions = [{**options.where, **c} for c in request.conditions or [{}] * request.n]
     state.check(conditions, request.n)
+    if options.provenance != "sidecar":
+        check_free(state.output_columns)
     frame, _ = draw_rows(propose, list(request.seeds), conditions, state.rules, state.guard, options.max_rounds)
     return TableSamples(frame)

@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 
 from genforge.config import StrictModel
 from genforge.errors import ConfigError, ModelError
+from genforge.tabular.provenance import Provenance
 
 MAX_ROUNDS = 6  # candidates per pending item double each round: 1 + 2 + ... + 32 = 63 draws at most
 
@@ -71,6 +72,7 @@ class SampleOptions(StrictModel):
     # `--set 'sample.where={species: Gentoo, sex: female}'`
     where: dict[str, Any] = {}
     max_rounds: int = Field(default=MAX_ROUNDS, ge=1, le=12)  # rejection rounds before a condition is declared unmet
+    provenance: Provenance = "sidecar"  # the AI-content label: a sidecar file, columns on every row, or both
 
 
 def candidate_seeds(seed: int, round_: int, count: int) -> list[int]:
