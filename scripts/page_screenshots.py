@@ -32,6 +32,7 @@ def _ready(page: Page, url: str, key: str, lang: str) -> None:
 
 def _generate(page: Page, model: str, what: str) -> None:
     page.select_option("#model", model)
+    expect(page.locator(f"#gen-form[data-model='{model}']")).to_be_visible()
     if what == "text":
         expect(page.locator("#prompt")).to_be_visible()
         page.fill("#prompt", PROMPT)

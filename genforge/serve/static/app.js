@@ -176,6 +176,7 @@ async function chooseModel(id) {
                                ...d.classes.map((c) => h("option", { value: c }, c)));
   }
   $("conditions").replaceChildren();
+  $("gen-form").dataset.model = d.id;  // the form is this model's now (scripts wait for it)
   $("gen-form").hidden = false;
 }
 
