@@ -1,6 +1,8 @@
 """The text watermark: generated text with it is detected with a tiny p-value after a few dozen
 tokens, text without it (generated or real) is not, and it changes nothing when off."""
 
+import math
+
 import torch
 
 from genforge.models import gpt
@@ -69,9 +71,14 @@ def test_stop_tokens_are_never_raised_and_the_p_value_is_the_exact_binomial_tail
     from scipy.stats import binom
     mark = TextMark(12345)
     seq = gpt.Sequence([7], gpt.SampleConfig(), torch.Generator(), stop_ids=frozenset({0, 3}), mark=mark)
-    raised = gpt._watermarked(torch.zeros(1, 50), [seq])
+    logits = torch.randn(1, 50, generator=torch.Generator().manual_seed(0)) * 3
+    raised = gpt._watermarked(logits, [seq])
     green = mark.green(torch.tensor([[7]]), torch.arange(50)[None, :])[0]
-    assert raised[0, 0] == 0 and raised[0, 3] == 0  # end-of-text keeps its odds: lengths do not move with the key
-    assert torch.equal(raised[0, 4:] > 0, green[4:]) and green[4:].any()
+    before, after = logits.softmax(-1)[0], raised.softmax(-1)[0]
+    # end-of-text keeps its probability (so lengths do not move with the mark), the others their total mass
+    assert torch.allclose(after[[0, 3]], before[[0, 3]], atol=1e-6) and abs(after.sum() - 1) < 1e-6
+    lift = (after / before)[4:]
+    assert green[4:].any() and (lift[green[4:]].min() > lift[~green[4:]].max())  # every green above every red
+    assert torch.allclose(lift[green[4:]] / lift[~green[4:]].mean(), torch.tensor(math.e ** 2), rtol=1e-4)
     d = detect(list(range(40)), mark)
     assert d.scored == 39 and abs(d.p_value - binom.sf(d.green - 1, 39, 0.25)) < 1e-12
