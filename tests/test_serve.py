@@ -419,7 +419,20 @@ def test_revoked_keys_scopes_and_rate_limits(server, home):
 
 def test_two_workers_share_one_rate_limit(home):
     srv = Server(home, {**CONFIG, "workers": 2, "keys_db": str(home / "keys.db")}, name="two-workers")
+    log = home / "two-workers.log"
+
+    def pids(path: str) -> set[int]:
+        return {json.loads(line)["pid"] for line in log.read_text().splitlines()
+                if line.startswith("{") and '"msg": "request"' in line and f'"path": "{path}"' in line}
     try:
+        deadline = time.monotonic() + 120  # the first worker's /readyz let Server return; wait for the second too
+        while len(pids("/readyz")) < 2 and time.monotonic() < deadline:
+            readies = [threading.Thread(target=http, args=("GET", srv.url + "/readyz")) for _ in range(4)]
+            for t in readies:
+                t.start()
+            for t in readies:
+                t.join()
+            time.sleep(0.2)
         secret, _ = KeyStore(home / "keys.db").create("shared", requests_per_minute=6)
         codes: list[int] = []
 
@@ -431,9 +444,7 @@ def test_two_workers_share_one_rate_limit(home):
         for t in threads:
             t.join()
         assert sorted(codes) == [200] * 6 + [429] * 10
-        pids = {json.loads(line)["pid"] for line in (home / "two-workers.log").read_text().splitlines()
-                if line.startswith("{") and '"msg": "request"' in line}
-        assert len(pids) == 2, pids  # both workers answered
+        assert len(pids("/v1/models")) == 2, pids("/v1/models")  # both workers answered
     finally:
         srv.stop()
 
