@@ -158,6 +158,10 @@ def test_a_user_generates_rates_and_switches_language(server, browser, home):  #
     expect(page.locator(".result img")).to_have_count(3)
     assert page.locator(".result img").first.get_attribute("src").startswith("data:image/png;base64,")
     expect(page.locator(".result figcaption").first).to_have_text("3")
+    page.fill("#n", "17")  # above the server's max_images (16): refused, naming the bound
+    page.click("#generate")
+    expect(page.locator("#gen-status .error")).to_have_text("The request is over one of this service's limits.")
+    expect(page.locator("#gen-status .detail")).to_contain_text("max_images of 16")
 
     # rows meeting a condition, previewed and downloaded as csv
     page.select_option("#model", "penguins")
