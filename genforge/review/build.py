@@ -54,8 +54,8 @@ def create_review(refs: Sequence[str], n: int, mode: Mode | None = None, seed: i
     if len(runs) == 2 and runs[0].path == runs[1].path:
         raise ConfigError(f"both sides are run {runs[0].id}: compare two different runs, or one run against real "
                           "held-out examples (one run, --mode pairs)")
-    dataset = open_dataset(runs[0].dataset_ref)
-    kinds = {open_dataset(r.dataset_ref).kind for r in runs}
+    datasets = [open_dataset(r.dataset_ref) for r in runs]
+    dataset, kinds = datasets[0], {d.kind for d in datasets}
     if len(kinds) > 1:
         raise ConfigError(f"runs {runs[0].id} and {runs[1].id} make different kinds of data ({' and '.join(sorted(kinds))}); "
                           "a side-by-side review compares like with like")

@@ -22,7 +22,7 @@ from genforge.serve.feedback import new_id, record, table_generation
 from genforge.serve.moderation import check_values
 from genforge.serve.protocol import Condition, TableRequest
 from genforge.tabular.family import TableState
-from genforge.tabular.provenance import COLUMNS, check_free, with_columns
+from genforge.tabular.provenance import TYPES, check_free, with_columns
 
 router = APIRouter()
 
@@ -81,7 +81,7 @@ async def generate_tables(req: TableRequest, request: Request) -> Any:
     frame, types = samples.frame, {c.name: c.type for c in current.model.spec.columns}
     if labelled:
         frame = with_columns(frame, current.name, current.version, gid)
-        types |= {c: "boolean" if c.endswith("ai_generated") else "categorical" for c in COLUMNS}
+        types |= TYPES
     await record(request, current, [table_generation(gid, req, len(frame))])
     body = {"object": "table", "generation_id": gid, "created": int(time.time()), "model": current.name,
             "system_fingerprint": current.fingerprint, "provenance": provenance(current, generation_ids=[gid]),

@@ -20,6 +20,7 @@ def provenance_columns(model: str, version: str, generation_id: str) -> dict[str
 
 
 COLUMNS = tuple(provenance_columns("", "", ""))
+TYPES = {c: "boolean" if isinstance(v, bool) else "categorical" for c, v in provenance_columns("", "", "").items()}
 
 
 def check_free(columns: Iterable[str]) -> None:
