@@ -17,7 +17,8 @@ exported to transformers' layout by `genforge.interop`, so the two compute the s
 - The batch-1 ceiling: each new token reads every weight once, so tokens/s <= memory bandwidth /
   weight bytes. Bandwidth is measured here as the rate of summing a 1 GiB fp32 tensor, and, closer
   to what decoding can reach, as the time of the model's own linear layers alone at one row (the
-  GEMV floor: every fp32 implementation on MKL pays it, whatever it does around the layers).
+  GEMV floor: every fp32 implementation pays its kernel's, whatever it does around the layers),
+  through MKL's sgemm (the plain layers) and through oneDNN's packed layout (genforge's decoder).
 - int8's cost in quality (`--run RUN`, a trained GPT run): held-out perplexity of the run's model in
   fp32 and with int8 linear layers, over its whole validation split (the figure `genforge evaluate`
   reports).
@@ -92,17 +93,22 @@ def bandwidth_gbs() -> float:
     return x.numel() * 4 / best / 1e9
 
 
-def gemv_floor_ms(model: torch.nn.Module) -> float:
-    """Milliseconds for one row through every Linear layer of the model (the lm_head included)."""
+def gemv_floor_ms(model: torch.nn.Module) -> dict[str, float]:
+    """Milliseconds for one row through every Linear layer of the model (the lm_head included):
+    plain (MKL's sgemm, what transformers runs) and oneDNN-packed (what genforge's decoder runs)."""
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    packs = [m for m in gpt.packed(model).modules() if isinstance(m, gpt.PackedLinear)]
     inputs = {m.in_features: torch.randn(1, m.in_features) for m in layers}
 
-    def chain() -> None:
-        for m in layers:
-            F.linear(inputs[m.in_features], m.weight, m.bias)
+    def chain(plain: bool) -> None:
+        for m in (layers if plain else packs):
+            m(inputs[m.weight.shape[1]])
+    floors = {}
     with torch.inference_mode():
-        chain()
-        return 1e3 * statistics.median(timed(chain) for _ in range(50))
+        for name, plain in (("mkl", True), ("onednn", False)):
+            chain(plain)
+            floors[name] = 1e3 * statistics.median(timed(lambda: chain(plain)) for _ in range(50))
+    return floors
 
 
 def int8_perplexity(ref: str) -> dict[str, Any]:
@@ -201,8 +207,10 @@ def report(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
     lines += ["", f"Memory bandwidth (summing 1 GiB of fp32): {bw:.1f} GB/s. Batch-1 ceiling: fp32 weights "
               f"{mb['fp32']:.0f} MB -> {bw * 1e3 / mb['fp32']:.0f} tokens/s; int8 linear layers "
               f"({mb['int8']:.0f} MB with fp32 embeddings) -> {bw * 1e3 / mb['int8']:.0f} tokens/s. "
-              f"GEMV floor (the model's linear layers alone, one row): {results['gemv_floor_ms']:.2f} ms -> "
-              f"{1e3 / results['gemv_floor_ms']:.0f} tokens/s at most for fp32 decoding through MKL.", ""]
+              "GEMV floor (the model's linear layers alone, one row, fp32): "
+              + ", ".join(f"{k} {v:.2f} ms -> {1e3 / v:.0f} tokens/s at most"
+                          for k, v in results["gemv_floor_ms"].items())
+              + " (mkl: the plain layers transformers runs; onednn: genforge's packed decoding layers).", ""]
     if "int8_perplexity" in results:
         q = results["int8_perplexity"]
         lines += [f"int8's cost in quality: run `{q['run']}`, held-out perplexity over its whole {q['split']} split "

@@ -172,15 +172,16 @@ class GPT(nn.Module):
             nn.init.zeros_(m.bias)
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor | None = None,
-                cache: "Decoder | None" = None) -> torch.Tensor:
+                cache: "Decoder | None" = None, last: bool = False) -> torch.Tensor:
         """tokens (B, T) -> logits (B, T, V). Training passes tokens only (causal); generation passes
-        each row's positions (B, T) and the decoder that holds the keys and values."""
+        each row's positions (B, T) and the decoder that holds the keys and values, and a prefill
+        asks for the `last` position's logits only (B, 1, V), sparing the head T - 1 rows."""
         if positions is None:
             positions = torch.arange(tokens.shape[1], device=tokens.device)
         x = self.drop(self.wte(tokens) + self.wpe(positions))
         for i, block in enumerate(self.h):
             x = block(x, cache, i)
-        return self.lm_head(self.ln_f(x))
+        return self.lm_head(self.ln_f(x[:, -1:] if last else x))
 
 
 # ----------------------------------------------------------------------------- generation
@@ -195,7 +196,7 @@ class Decoder:
 
     def __init__(self, model: "GPT | nn.Module", slots: int, length: int):
         c, like = model.config, model.wte.weight
-        self.model, self.length = packed(model, slots), length
+        self.model, self.length = packed(model), length
         shape = (c.n_layer, slots, c.n_head, length, c.n_embd // c.n_head)
         self.k = torch.zeros(shape, dtype=like.dtype, device=like.device)
         self.v = torch.zeros_like(self.k)
@@ -214,7 +215,7 @@ class Decoder:
             raise ModelError(f"a row starts from 1 to {self.length} tokens, got {len(ids)}")
         self._prefill = self.n
         try:
-            logits = self.model(torch.tensor([ids], device=self.lens.device), None, self)[0, -1]
+            logits = self.model(torch.tensor([ids], device=self.lens.device), None, self, last=True)[0, -1]
         finally:
             self._prefill = None
         self.lens[self.n] = len(ids)
@@ -268,50 +269,53 @@ class Decoder:
 
 
 class PackedLinear(nn.Module):
-    """A Linear layer that also keeps its weight in MKL's packed GEMM layout for the row counts of a
-    decoding step (2-8 rows padded to 8, 9-32 to 32). For a few rows MKL's plain sgemm re-packs the
-    weight on every call, which doubles what a memory-bound step reads: on the 30M-parameter
-    model's layers, 8 rows took 17 ms and 9.5 ms packed, 32 rows 31.7 ms and 17.5 ms (2 cores,
-    AVX-512). PyTorch exposes packing only as the ops its inductor compiler emits (torch.ops.mkl),
-    hence this layer; one row keeps the plain GEMV, which is as fast. Shares the model's weights."""
+    """A Linear layer that also keeps its weight in oneDNN's blocked layout, reordered once: the
+    layout PyTorch's inductor compiler gives frozen CPU linears, exposed only as its ops
+    (torch.ops.mkldnn), hence this layer. The plain fp32 path is MKL's sgemm, which re-packs the
+    weight on every call and, on AMD CPUs, takes a generic code path: on the 30M-parameter model's
+    layers (2 cores, AMD EPYC, AVX-512) one row took 7.97 ms plain and 2.71 ms here, 8 rows 10.9 and
+    3.9 ms, 32 rows 18.4 and 7.1 ms (`benchmarks/bench_gpt.py` prints the floor per machine). One
+    layout serves every row count. oneDNN costs about 12 us more per call, which a product of rows x
+    in x out under MIN_MACS does not earn back (a tiny model's layers, held in cache). Shares the
+    model's weights; inference only: with autograd, a dtype other than fp32 or under autocast it
+    steps aside for the plain layer."""
 
-    SIZES = (8, 32)
+    HINT = 32  # the row count oneDNN tunes the layout for; it also serves 1..512 rows (measured)
+    MIN_MACS = 100_000
 
-    def __init__(self, base: nn.Linear, slots: int):
+    def __init__(self, base: nn.Linear):
         super().__init__()
         self.weight, self.bias = base.weight, base.bias
-        sizes = [s for s in self.SIZES if s < slots] + [next((s for s in self.SIZES if s >= slots), self.SIZES[-1])]
-        self.packs = {s: torch.ops.mkl._mkl_reorder_linear_weight(base.weight.detach(), s) for s in sizes}
+        self.pack = torch.ops.mkldnn._reorder_linear_weight(base.weight.detach(), self.HINT)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.shape[-1]
-        size = next((s for s in self.packs if s >= rows), None)
-        if rows == 1 or size is None or x.dtype != torch.float32 or torch.is_autocast_enabled("cpu"):
-            return F.linear(x, self.weight, self.bias)  # the packs are fp32 GEMMs; under bf16 autocast, oneDNN's
-        flat = x.reshape(rows, x.shape[-1])
-        if rows < size:
-            flat = torch.cat([flat, flat.new_zeros(size - rows, flat.shape[1])])
-        y = torch.ops.mkl._mkl_linear(flat, self.packs[size], self.weight, self.bias, size)[:rows]
+        flat = x.reshape(-1, x.shape[-1])
+        if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or flat.shape[0] * self.weight.numel() \
+                < self.MIN_MACS or (torch.is_grad_enabled() and self.weight.requires_grad):
+            return F.linear(x, self.weight, self.bias)
+        y = torch.ops.mkldnn._linear_pointwise(flat, self.pack, self.bias, "none", [], "")
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
-_PACKED: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple[int, int], nn.Module]]" = weakref.WeakKeyDictionary()
+_PACKED: "weakref.WeakKeyDictionary[nn.Module, tuple[int, nn.Module]]" = weakref.WeakKeyDictionary()
 
 
-def packed(model: nn.Module, slots: int) -> nn.Module:
-    """The model with its plain Linear layers packed for decoding `slots` rows (a copy sharing the
-    weights, cached until a weight changes); the model itself where MKL is absent or rows are 1."""
-    if slots < 2 or model.wte.weight.device.type != "cpu" or model.wte.weight.dtype != torch.float32 \
-            or not torch.backends.mkl.is_available() or not hasattr(torch.ops.mkl, "_mkl_linear"):
+def packed(model: nn.Module) -> nn.Module:
+    """The model with its plain Linear layers packed for decoding (a copy sharing the weights,
+    cached until a weight changes); the model itself off the CPU, outside fp32, without oneDNN, or
+    with no plain Linear layer (int8)."""
+    if model.wte.weight.device.type != "cpu" or model.wte.weight.dtype != torch.float32 \
+            or not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise") \
+            or not any(type(m) is nn.Linear for m in model.modules()):
         return model
-    key = (min(slots, PackedLinear.SIZES[-1]), sum(p._version for p in model.parameters()))
+    key = sum(p._version for p in model.parameters())
     if model in _PACKED and _PACKED[model][0] == key:
         return _PACKED[model][1]
     copy = deepcopy(model, memo={id(p): p for p in model.parameters()})  # new modules, the same weights
     for parent in list(copy.modules()):
         for name, child in parent.named_children():
             if type(child) is nn.Linear:
-                setattr(parent, name, PackedLinear(child, slots))
+                setattr(parent, name, PackedLinear(child))
     _PACKED[model] = (key, copy)
     return copy
 
