@@ -37,6 +37,7 @@ from torch import nn
 
 from genforge.config import StrictModel
 from genforge.errors import ModelError
+from genforge.kernels import Linear
 from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
 from genforge.tabular.family import TableState, encode_table, fit_table, sample_table, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
@@ -73,7 +74,7 @@ REQUEST_OPTIONS = ("where", "max_rounds", "provenance")
 class Residual(nn.Module):
     def __init__(self, i: int, o: int):
         super().__init__()
-        self.fc, self.bn = nn.Linear(i, o), nn.BatchNorm1d(o)
+        self.fc, self.bn = Linear(i, o), nn.BatchNorm1d(o)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([F.relu(self.bn(self.fc(x))), x], dim=1)
@@ -88,7 +89,7 @@ class Generator(nn.Module):
         for d in config.generator_dims:
             layers.append(Residual(dim, d))
             dim += d
-        self.body = nn.Sequential(*layers, nn.Linear(dim, width))
+        self.body = nn.Sequential(*layers, Linear(dim, width))
         self.z_dim, self.tau, self.gp_lambda = config.embedding_dim, config.tau, config.gp_lambda
         self.state = state  # the fitted table: what sampling decodes with (not saved: it is the run's fitted state)
 
@@ -101,9 +102,9 @@ class Discriminator(nn.Module):
         super().__init__()
         layers, dim = [], in_dim * config.pac
         for d in config.discriminator_dims:
-            layers += [nn.Linear(dim, d), nn.LeakyReLU(0.2), nn.Dropout(0.5)]
+            layers += [Linear(dim, d), nn.LeakyReLU(0.2), nn.Dropout(0.5)]
             dim = d
-        self.body = nn.Sequential(*layers, nn.Linear(dim, 1))
+        self.body = nn.Sequential(*layers, Linear(dim, 1))
         self.pac = config.pac
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

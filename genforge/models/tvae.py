@@ -22,6 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from genforge.config import StrictModel
+from genforge.kernels import Linear
 from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
 from genforge.tabular.family import TableState, encode_table, fit_table, sample_table, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
@@ -56,7 +57,7 @@ REQUEST_OPTIONS = ("where", "max_rounds", "provenance")
 def _mlp(dims: list[int], i: int) -> tuple[nn.Sequential, int]:
     layers = []
     for d in dims:
-        layers += [nn.Linear(i, d), nn.ReLU()]
+        layers += [Linear(i, d), nn.ReLU()]
         i = d
     return nn.Sequential(*layers), i
 
@@ -65,7 +66,7 @@ class Encoder(nn.Module):
     def __init__(self, config: Config, width: int):
         super().__init__()
         self.body, dim = _mlp(config.compress_dims, width)
-        self.mu, self.logvar = nn.Linear(dim, config.embedding_dim), nn.Linear(dim, config.embedding_dim)
+        self.mu, self.logvar = Linear(dim, config.embedding_dim), Linear(dim, config.embedding_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.body(x)
@@ -78,7 +79,7 @@ class Decoder(nn.Module):
     def __init__(self, config: Config, width: int, state: TableState):
         super().__init__()
         body, dim = _mlp(config.decompress_dims, config.embedding_dim)
-        self.body = nn.Sequential(*body, nn.Linear(dim, width))
+        self.body = nn.Sequential(*body, Linear(dim, width))
         self.sigma = nn.Parameter(torch.full((width,), 0.1))
         self.z_dim, self.loss_factor = config.embedding_dim, config.loss_factor
         self.state = state  # the fitted table: what sampling decodes with (the run's fitted state, not saved here)
