@@ -13,7 +13,11 @@ not depend on training; a 1-step run gives a real run folder with a tokenizer):
   first characters as the prompt, `max_tokens` 64, plain sampling on both servers (temperature 1,
   top_p 1, no repetition penalty);
 - images: the quickstart-sized diffusion UNet (configs/diffusion-digits.yaml), one image per request,
-  DPM-Solver++(2M) at 10 steps with guidance (the defaults).
+  DPM-Solver++(2M) at 10 steps with guidance (the defaults); and the class-conditional GAN
+  (configs/gan-digits.yaml, 0.8M parameters, one forward pass per image). Batching gains what the
+  model itself gains from a larger batch on these cores, so each is also timed alone (no server),
+  one image per call against 32: the UNet is compute-bound (little to gain), the GAN's single image
+  is mostly per-call overhead (much to gain).
 Figures: completed requests and tokens (or images) per second, latency p50/p99, status counts (zero
 5xx expected), and the servers' peak memory (RSS of the server process and its children).
 During the image run with batching, the model is served from the registry and promoted to version 2
@@ -83,7 +87,7 @@ def prepare(home: Path, quick: bool) -> dict[str, Any]:
     os.environ.update(GENFORGE_HOME=str(home), GENFORGE_TRACKING="off")
     marker = home / ("prepared-quick.json" if quick else "prepared.json")
     if marker.is_file():
-        return json.loads(marker.read_text())
+        return gan_run(json.loads(marker.read_text()), marker, env)
     from genforge import registry
     from genforge.evaluation.pipeline import EvalOptions, evaluate_run
     from genforge.interop import export_hf
@@ -108,7 +112,17 @@ def prepare(home: Path, quick: bool) -> dict[str, Any]:
     registry.promote("bench-images", "1")
     secret, _ = KeyStore(home / "keys.db").create("bench")
     info = {"text_run": text_run, "image_runs": image_runs, "key": secret, "hf": str(home / "hf-writer")}
-    marker.write_text(json.dumps(info))
+    return gan_run(info, marker, env)
+
+
+def gan_run(info: dict[str, Any], marker: Path, env: dict) -> dict[str, Any]:
+    """The GAN image run (a 1-step run of configs/gan-digits.yaml), added to the prepared workspace."""
+    if "gan_run" not in info:
+        from genforge.runs import load_run
+        sh("train", "configs/gan-digits.yaml", "--set", "name=bench-gan", "--set", "train.steps=1",
+           "--set", "train.val_every=0", env=env)
+        info["gan_run"] = load_run("bench-gan").id
+        marker.write_text(json.dumps(info))
     return info
 
 
@@ -158,8 +172,8 @@ def ok(url: str, path: str) -> bool:
 
 
 def genforge_server(home: Path, info: dict, kind: str, max_batch: int, extra_env: dict | None = None) -> Proc:
-    model = ({"name": "writer", "run": info["text_run"]} if kind == "text" else
-             {"name": "images", "registry": "bench-images"})
+    model = {"text": {"name": "writer", "run": info["text_run"]}, "image": {"name": "images", "registry": "bench-images"},
+             "gan": {"name": "gan", "run": info.get("gan_run")}}[kind]
     port = free_port()
     cfg = {"port": port, "models": [model], "keys_db": str(home / "keys.db"), "reload_interval_s": 0.5,
            "batching": {"max_batch": max_batch, "max_wait_ms": 10, "max_queue": 4096},
@@ -266,8 +280,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.only == "text":
         return out
 
-    def image_body(i: int) -> dict:
-        return {"model": "images", "prompt": str(i % 10), "n": 1, "seed": i}
+    def image_body(model: str) -> Callable[[int], dict]:
+        return lambda i: {"model": model, "prompt": str(i % 10), "n": 1, "seed": i}
 
     for name, batch in (("genforge", args.clients), ("genforge batch 1", 1)):
         if registry.champion("bench-images").version != "1":
@@ -277,23 +291,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             (args.seconds / 3, lambda: registry.promote("bench-images", "2", force=True, reason="benchmark")),
             (2 * args.seconds / 3, lambda: registry.rollback("bench-images", reason="benchmark"))]
         try:
-            out[f"images: {name}"] = {**load(server.url + "/v1/images/generations", image_body, key, args.clients,
-                                             args.seconds, swaps), "peak_mb": server.peak / 1e6,
+            out[f"images: {name}"] = {**load(server.url + "/v1/images/generations", image_body("images"), key,
+                                             args.clients, args.seconds, swaps), "peak_mb": server.peak / 1e6,
                                       "swaps": "promote v2 at 1/3, rollback at 2/3" if swaps else ""}
         finally:
             server.stop()
         print(name, out[f"images: {name}"], flush=True)
-    out["image model alone"] = image_ceiling(args.clients)
+    for name, batch in (("genforge", args.clients), ("genforge batch 1", 1)):
+        server = genforge_server(home, info, "gan", batch)
+        try:
+            out[f"images (GAN): {name}"] = {**load(server.url + "/v1/images/generations", image_body("gan"), key,
+                                                   args.clients, args.seconds), "peak_mb": server.peak / 1e6}
+        finally:
+            server.stop()
+        print(name, out[f"images (GAN): {name}"], flush=True)
+    from genforge.runs import load_run
+    out["image model alone"] = image_ceiling(registry.download("bench-images", "1"), args.clients)
+    out["GAN alone"] = image_ceiling(load_run(info["gan_run"]).checkpoint(), args.clients)
     return out
 
 
-def image_ceiling(clients: int) -> dict[str, float]:
-    """Images/s of the image model alone, one image per call against `clients` per call: the most
+def image_ceiling(checkpoint: Any, clients: int) -> dict[str, float]:
+    """Images/s of an image model alone, one image per call against `clients` per call: the most
     any batching can gain on these cores (the server adds HTTP, PNG encoding and scheduling)."""
-    from genforge import registry
     from genforge.models import SampleRequest
     from genforge.sampling import load_model
-    model = load_model(registry.download("bench-images", "1"), "cpu")
+    model = load_model(checkpoint, "cpu")
     request = SampleRequest.make(clients, seed=0, labels=tuple(i % 10 for i in range(clients)))
     out = {}
     for batch in (1, clients, 1, clients):
@@ -312,7 +335,7 @@ def report(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
              "| contender | requests | req/s | tokens/s | images/s | p50 s | p99 s | 5xx | statuses | peak MB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
-        if name == "image model alone":
+        if name in ("image model alone", "GAN alone"):
             continue
         lines.append(f"| {name} | {r['requests']} | {r['req_per_s']:.2f} | {r['tokens_per_s']:.0f} | "
                      f"{r['images_per_s']:.1f} | {r['p50_s']:.2f} | {r['p99_s']:.2f} | {r['errors_5xx']} | "
@@ -334,7 +357,13 @@ def report(results: dict[str, Any], args: argparse.Namespace, info: dict[str, An
                       f"{alone[str(args.clients)]:.1f} at {args.clients} per call "
                       f"({alone[str(args.clients)] / alone['1']:.1f}x): the most batching can give on these cores.",
                   f"Promotion and rollback during the batched image run: responses by version {i['versions']}, "
-                  f"5xx {i['errors_5xx']}, statuses {i['statuses']}.", ""]
+                  f"5xx {i['errors_5xx']}, statuses {i['statuses']}."]
+    if "images (GAN): genforge" in results:
+        g, g1, alone = results["images (GAN): genforge"], results["images (GAN): genforge batch 1"], results["GAN alone"]
+        lines += [f"Batching gain, GAN images: {g['images_per_s'] / max(g1['images_per_s'], 1e-9):.1f}x images/s. The "
+                  f"GAN alone (no server): {alone['1']:.1f} images/s one per call, {alone[str(args.clients)]:.1f} at "
+                  f"{args.clients} per call ({alone[str(args.clients)] / alone['1']:.1f}x)."]
+    lines.append("")
     return "\n".join(lines)
 
 
