@@ -22,11 +22,19 @@ from torch import nn
 
 MIN_MACS = 100_000
 
-_AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+AVAILABLE = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
-def _product(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+def product(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """x (rows, in) @ w.T + b on oneDNN; w plain (out, in), a view of one, or reordered once by
+    `torch.ops.mkldnn._reorder_linear_weight` (the GPT decoder's packed layers)."""
     return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
+
+
+def applies(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether oneDNN computes x (rows, in) @ w.T here: fp32 on the CPU, no autocast, enough work."""
+    return AVAILABLE and x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32 \
+        and not torch.is_autocast_enabled("cpu") and x.shape[0] * w.numel() >= MIN_MACS
 
 
 class _Linear(torch.autograd.Function):
@@ -35,7 +43,7 @@ class _Linear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
         ctx.save_for_backward(x, w)
-        return _product(x, w, b)
+        return product(x, w, b)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
@@ -49,8 +57,7 @@ class _Linear(torch.autograd.Function):
 def linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     """F.linear, through oneDNN where it is faster (see the module's docstring)."""
     flat = x.reshape(-1, x.shape[-1])
-    if not _AVAILABLE or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32 \
-            or torch.is_autocast_enabled("cpu") or flat.shape[0] * w.numel() < MIN_MACS:
+    if not applies(flat, w):
         return F.linear(x, w, b)
     y = _Linear.apply(flat, w, b)
     return y if x.dim() == 2 else y.view(*x.shape[:-1], w.shape[0])

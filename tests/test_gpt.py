@@ -5,6 +5,7 @@ prompt/completion data become rows."""
 import pytest
 import torch
 
+from genforge import kernels
 from genforge.data.store import open_dataset
 from genforge.errors import DataError, ModelError
 from genforge.models import SampleRequest
@@ -105,9 +106,9 @@ def test_a_cancelled_sequence_leaves_at_the_next_step():
         assert run.step() == [a] and a.finish_reason == "cancelled" and len(a.tokens) == 1 and run.rows == [b]
 
 
-@pytest.mark.parametrize("min_macs", [0, gpt.PackedLinear.MIN_MACS])  # oneDNN on every layer; the small ones plain
+@pytest.mark.parametrize("min_macs", [0, kernels.MIN_MACS])  # oneDNN on every layer; the small ones plain
 def test_packed_layers_compute_what_the_model_computes_and_follow_weight_updates(monkeypatch, min_macs):
-    monkeypatch.setattr(gpt.PackedLinear, "MIN_MACS", min_macs)
+    monkeypatch.setattr(kernels, "MIN_MACS", min_macs)
     m = model(60)
     with torch.inference_mode():
         fast = gpt.packed(m)

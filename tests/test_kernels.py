@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from genforge import kernels
 
-pytestmark = pytest.mark.skipif(not kernels._AVAILABLE, reason="this torch has no oneDNN")
+pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="this torch has no oneDNN")
 
 
 def _pair(rows: int, i: int, o: int, bias: bool = True):

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import nn
 
+from genforge import kernels
 from genforge.config import StrictModel
 from genforge.errors import DataError, ModelError
 from genforge.models import (Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TextSamples,
@@ -275,13 +276,10 @@ class PackedLinear(nn.Module):
     weight on every call and, on AMD CPUs, takes a generic code path: on the 30M-parameter model's
     layers (2 cores, AMD EPYC, AVX-512) one row took 7.97 ms plain and 2.71 ms here, 8 rows 10.9 and
     3.9 ms, 32 rows 18.4 and 7.1 ms (`benchmarks/bench_gpt.py` prints the floor per machine). One
-    layout serves every row count. oneDNN costs about 12 us more per call, which a product of rows x
-    in x out under MIN_MACS does not earn back (a tiny model's layers, held in cache). Shares the
-    model's weights; inference only: with autograd, a dtype other than fp32 or under autocast it
-    steps aside for the plain layer."""
+    layout serves every row count. Where `kernels.applies` says no (too little work, not fp32,
+    autocast), and under autograd, it steps aside for the plain layer. Shares the model's weights."""
 
     HINT = 32  # the row count oneDNN tunes the layout for; it also serves 1..512 rows (measured)
-    MIN_MACS = 100_000
 
     def __init__(self, base: nn.Linear):
         super().__init__()
@@ -290,10 +288,9 @@ class PackedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, x.shape[-1])
-        if x.dtype != torch.float32 or torch.is_autocast_enabled("cpu") or flat.shape[0] * self.weight.numel() \
-                < self.MIN_MACS or (torch.is_grad_enabled() and self.weight.requires_grad):
+        if not kernels.applies(flat, self.weight) or (torch.is_grad_enabled() and self.weight.requires_grad):
             return F.linear(x, self.weight, self.bias)
-        y = torch.ops.mkldnn._linear_pointwise(flat, self.pack, self.bias, "none", [], "")
+        y = kernels.product(flat, self.pack, self.bias)
         return y.view(*x.shape[:-1], y.shape[-1])
 
 
@@ -304,8 +301,7 @@ def packed(model: nn.Module) -> nn.Module:
     """The model with its plain Linear layers packed for decoding (a copy sharing the weights,
     cached until a weight changes); the model itself off the CPU, outside fp32, without oneDNN, or
     with no plain Linear layer (int8)."""
-    if model.wte.weight.device.type != "cpu" or model.wte.weight.dtype != torch.float32 \
-            or not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise") \
+    if model.wte.weight.device.type != "cpu" or model.wte.weight.dtype != torch.float32 or not kernels.AVAILABLE \
             or not any(type(m) is nn.Linear for m in model.modules()):
         return model
     key = sum(p._version for p in model.parameters())
