@@ -283,28 +283,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     def image_body(model: str) -> Callable[[int], dict]:
         return lambda i: {"model": model, "prompt": str(i % 10), "n": 1, "seed": i}
 
-    for name, batch in (("genforge", args.clients), ("genforge batch 1", 1)):
-        if registry.champion("bench-images").version != "1":
-            registry.promote("bench-images", "1", force=True, reason="benchmark start")
-        server = genforge_server(home, info, "image", batch)
-        swaps = [] if batch == 1 else [
-            (args.seconds / 3, lambda: registry.promote("bench-images", "2", force=True, reason="benchmark")),
-            (2 * args.seconds / 3, lambda: registry.rollback("bench-images", reason="benchmark"))]
-        try:
-            out[f"images: {name}"] = {**load(server.url + "/v1/images/generations", image_body("images"), key,
-                                             args.clients, args.seconds, swaps), "peak_mb": server.peak / 1e6,
-                                      "swaps": "promote v2 at 1/3, rollback at 2/3" if swaps else ""}
-        finally:
-            server.stop()
-        print(name, out[f"images: {name}"], flush=True)
-    for name, batch in (("genforge", args.clients), ("genforge batch 1", 1)):
-        server = genforge_server(home, info, "gan", batch)
-        try:
-            out[f"images (GAN): {name}"] = {**load(server.url + "/v1/images/generations", image_body("gan"), key,
-                                                   args.clients, args.seconds), "peak_mb": server.peak / 1e6}
-        finally:
-            server.stop()
-        print(name, out[f"images (GAN): {name}"], flush=True)
+    # the diffusion model (from the registry: promoted and rolled back during the batched run), then the GAN
+    for label, kind, model in (("images", "image", "images"), ("images (GAN)", "gan", "gan")):
+        for name, batch in (("genforge", args.clients), ("genforge batch 1", 1)):
+            swaps = []
+            if kind == "image":
+                if registry.champion("bench-images").version != "1":
+                    registry.promote("bench-images", "1", force=True, reason="benchmark start")
+                swaps = [] if batch == 1 else [
+                    (args.seconds / 3, lambda: registry.promote("bench-images", "2", force=True, reason="benchmark")),
+                    (2 * args.seconds / 3, lambda: registry.rollback("bench-images", reason="benchmark"))]
+            server = genforge_server(home, info, kind, batch)
+            try:
+                out[f"{label}: {name}"] = {**load(server.url + "/v1/images/generations", image_body(model), key,
+                                                  args.clients, args.seconds, swaps), "peak_mb": server.peak / 1e6,
+                                           "swaps": "promote v2 at 1/3, rollback at 2/3" if swaps else ""}
+            finally:
+                server.stop()
+            print(name, out[f"{label}: {name}"], flush=True)
     from genforge.runs import load_run
     for name, checkpoint in (("image model alone", registry.download("bench-images", "1")),
                              ("GAN alone", load_run(info["gan_run"]).checkpoint().path)):
