@@ -32,9 +32,11 @@ class Optimizers:
     def step(self, name: str, loss: torch.Tensor) -> None:
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(loss.device.type, enabled=False):
-            loss.backward()
         params = [p for g in opt.param_groups for p in g["params"]]
+        with torch.autocast(loss.device.type, enabled=False):
+            # only this optimizer's gradients: none into another network's weights, nor into an input
+            # that needs a gradient for a penalty (WGAN-GP's interpolates), which would cost products
+            loss.backward(inputs=params)
         if self.sync_world > 1:
             self._all_reduce(params)
         self.grad_norms[name] = torch.nn.utils.clip_grad_norm_(params, self.max_norm, foreach=True).detach()

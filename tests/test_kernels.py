@@ -1,6 +1,8 @@
 """The oneDNN linear layer: the same values and gradients as F.linear, second derivatives included
 (CTGAN's gradient penalty), and a plain fallback where it does not apply."""
 
+import platform
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -8,6 +10,12 @@ import torch.nn.functional as F
 from genforge import kernels
 
 pytestmark = pytest.mark.skipif(not kernels.AVAILABLE, reason="this torch has no oneDNN")
+
+
+@pytest.fixture(autouse=True)
+def _onednn_on_any_cpu(monkeypatch):
+    """The layer's own behaviour is tested on every processor, not only where it is the default."""
+    monkeypatch.setattr(kernels, "TRAINING", True)
 
 
 def _pair(rows: int, i: int, o: int, bias: bool = True):
@@ -44,3 +52,12 @@ def test_module_keeps_nn_linear_state_and_steps_aside_when_it_does_not_apply():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer(torch.randn(500, 300)).dtype == torch.bfloat16  # autocast: F.linear's bf16 path
     assert layer.double()(torch.randn(500, 300, dtype=torch.float64)).dtype == torch.float64
+
+
+def test_onednn_trains_only_where_mkl_is_the_slower_kernel(monkeypatch):
+    assert kernels.trains_on_onednn("AuthenticAMD")
+    assert not kernels.trains_on_onednn("GenuineIntel") and not kernels.trains_on_onednn("")
+    if platform.machine() == "x86_64" and platform.system() == "Linux":
+        assert kernels.cpu_vendor() in ("AuthenticAMD", "GenuineIntel")
+    monkeypatch.setattr(kernels, "TRAINING", False)
+    assert kernels.Linear(300, 256)(torch.randn(500, 300)).grad_fn.name() != "_LinearBackward"

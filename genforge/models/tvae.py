@@ -24,9 +24,9 @@ from torch import nn
 from genforge.config import StrictModel
 from genforge.kernels import Linear
 from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
-from genforge.tabular.family import TableState, encode_table, fit_table, sample_table, table_state
+from genforge.tabular.family import TableState, fit_table, sample_table, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
-from genforge.tabular.segments import Segments
+from genforge.tabular.segments import Segments, encode_grouped
 from genforge.tabular.vgm import TransformConfig
 
 
@@ -98,7 +98,7 @@ def fit(config: Config, dataset: Any) -> tuple[DataSpec, Fitted]:
 
 
 def encode(config: Config, spec: DataSpec, fitted: Fitted, dataset: Any, split: str) -> Batch:
-    return encode_table(TableState.of(fitted), dataset, split)
+    return encode_grouped(TableState.of(fitted), dataset, split)
 
 
 def build(config: Config, spec: DataSpec, fitted: Fitted) -> dict[str, nn.Module]:
@@ -109,12 +109,13 @@ def build(config: Config, spec: DataSpec, fitted: Fitted) -> dict[str, nn.Module
 
 def _losses(dec: Decoder, x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor,
             recon: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(reconstruction, KL), each summed over a row and averaged over rows. The data's one-hot spans
-    are exact one-hots, so their cross-entropies are -sum(x * log_softmax) over the one-hot columns."""
-    seg, n = dec.seg, len(x)
+    """(reconstruction, KL), each summed over a row and averaged over rows; x and recon in grouped
+    order. The data's one-hot spans are exact one-hots, so their cross-entropies are
+    -sum(x * log_softmax) over the one-hot columns."""
+    seg, n, v = dec.seg, len(x), dec.seg.n_values
     sigma = dec.sigma[seg.values]
-    values = ((x[:, seg.values] - torch.tanh(recon[:, seg.values])) ** 2 / 2 / sigma ** 2).sum() + torch.log(sigma).sum() * n
-    onehot = -(x[:, seg.cols] * seg.log_softmax(recon)).sum()
+    values = ((x[:, :v] - torch.tanh(recon[:, :v])) ** 2 / 2 / sigma ** 2).sum() + torch.log(sigma).sum() * n
+    onehot = -(x[:, v:] * seg.log_softmax(recon)).sum()
     kl = -0.5 * torch.sum(1 + logvar - mu ** 2 - logvar.exp())
     return (values + onehot) / n, kl / n
 
@@ -124,7 +125,7 @@ def _forward(modules: dict[str, nn.Module], x: torch.Tensor) -> tuple[torch.Tens
     dec: Decoder = modules["decoder"]
     mu, logvar = enc(x)
     z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
-    return _losses(dec, x, mu, logvar, dec(z))
+    return _losses(dec, x, mu, logvar, dec.seg.group(dec(z)))
 
 
 def train_step(modules: dict[str, nn.Module], batch: Batch, opt: Optimizer, step: int) -> dict[str, torch.Tensor]:
