@@ -18,8 +18,9 @@ Each contender fits and samples in a fresh process of its own (isolation, and it
 all kept in train, none dropped as duplicates; `train`; `generate`) in a temporary GENFORGE_HOME with
 tracking off; SDV in benchmarks/out/tables/sdv-venv (see setup_tables.sh for why not .venv). Same
 epochs and batch for both: the batch is min(--batch, train rows rounded down to a multiple of 10, as
-CTGAN's pac of 10 needs); genforge's steps are what SDV does in those epochs (CTGAN: max(rows // batch,
-1) per epoch, TVAE: ceil(rows / batch), the copula: one). Contenders alternate per model (genforge
+CTGAN's pac of 10 needs); genforge's steps see the rows SDV sees in those epochs (CTGAN: SDV's
+max(rows // batch, 1) full batches per epoch; TVAE: ceil(epochs x rows / batch) full batches, where
+SDV's loader adds each epoch's partial last batch; the copula: one). Contenders alternate per model (genforge
 ctgan, sdv ctgan, genforge tvae, ...) so load from elsewhere falls on both.
 
 Figures per contender:
@@ -117,11 +118,14 @@ def prepare(name: str, seed: int, holdout: float) -> dict[str, Any]:
 
 
 def steps_for(model: str, rows: int, batch: int, epochs: int) -> int:
-    """The optimizer steps SDV takes in `epochs` (CTGAN drops the last partial batch, TVAE's loader keeps it)."""
+    """genforge's steps for SDV's `epochs`: the same rows seen. CTGAN: SDV's steps, max(rows // batch, 1)
+    full batches an epoch. TVAE: SDV's loader keeps each epoch's last partial batch (5 rows on penguins'
+    275 with a batch of 270), while every genforge batch is full, so genforge gets the full batches
+    that hold epochs x rows rows; giving it SDV's step count would make it see twice the rows there."""
     if model == "ctgan":
         return epochs * max(rows // batch, 1)
     if model == "tvae":
-        return epochs * math.ceil(rows / batch)
+        return math.ceil(epochs * rows / batch)
     return 1  # the copula is fitted, not trained: one step is the least a genforge budget can say
 
 
