@@ -96,6 +96,10 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.body(torch.cat([z, cond], dim=1))
 
+    def grouped(self, cond: torch.Tensor) -> torch.Tensor:
+        """Raw outputs for fresh z, one row per condition, in the grouped order training uses."""
+        return self.seg.group(self(torch.randn(len(cond), self.z_dim, device=cond.device), cond))
+
 
 class HalfDropout(nn.Module):
     """nn.Dropout(0.5) with its mask from 63 random bits per draw: torch's CPU `bernoulli_` draws one
@@ -267,7 +271,7 @@ def train_step(modules: dict[str, nn.Module], batch: Batch, opt: Optimizer, step
 
     # 1. critic: E[D(fake)] - E[D(real)] + lambda * GP
     with torch.no_grad():
-        fake = activate(g.seg.group(g(torch.randn(n, g.z_dim, device=x.device), c_fake)), g.seg, tau)
+        fake = activate(g.grouped(c_fake), g.seg, tau)
     real_in, fake_in = torch.cat([real, c_real], 1), torch.cat([fake, c_fake], 1)
     d_real, d_fake, gp = _critic(d, real_in, fake_in)
     d_loss = d_fake.mean() - d_real.mean()
@@ -276,7 +280,7 @@ def train_step(modules: dict[str, nn.Module], batch: Batch, opt: Optimizer, step
     # 2. generator: -E[D(fake)] + the conditional vector's cross-entropy, on fresh conditions
     cols, cats = cond.draw(n, x.device, log=True) if cond.n else (f_cols, f_cats)
     c = cond.vector(cols, cats)
-    raw = g.seg.group(g(torch.randn(n, g.z_dim, device=x.device), c))
+    raw = g.grouped(c)
     d.requires_grad_(False)
     adv = -d(torch.cat([activate(raw, g.seg, tau), c], 1)).mean()
     ce = cond_loss(raw, g.seg, cond, cols, cats)
@@ -300,9 +304,9 @@ def val_loss(modules: dict[str, nn.Module], batch: Batch) -> tuple[dict[str, tor
     else:
         cols = cats = torch.zeros(n, dtype=torch.long, device=x.device)
     c = cond.vector(cols, cats)
-    fake = activate(g.seg.group(g(torch.randn(n, g.z_dim, device=x.device), c)), g.seg, g.tau)
+    fake = activate(g.grouped(c), g.seg, g.tau)
     d_loss = d(torch.cat([fake, c], 1)).mean() - d(torch.cat([x, c], 1)).mean()
-    raw = g.seg.group(g(torch.randn(n, g.z_dim, device=x.device), c))
+    raw = g.grouped(c)
     return {"d_loss": d_loss, "cond_ce": cond_loss(raw, g.seg, cond, cols, cats)}, n
 
 
