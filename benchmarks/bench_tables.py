@@ -17,10 +17,12 @@ Each contender fits and samples in a fresh process of its own (isolation, and it
 `getrusage` in that process): genforge in .venv through its Python API (`ingest` of the train rows,
 all kept in train, none dropped as duplicates; `train`; `generate`) in a temporary GENFORGE_HOME with
 tracking off; SDV in benchmarks/out/tables/sdv-venv (see setup_tables.sh for why not .venv). Same
-epochs and batch for both: the batch is min(--batch, train rows rounded down to a multiple of 10, as
-CTGAN's pac of 10 needs); genforge's steps see the rows SDV sees in those epochs (CTGAN: SDV's
-max(rows // batch, 1) full batches per epoch; TVAE: ceil(epochs x rows / batch) full batches, where
-SDV's loader adds each epoch's partial last batch; the copula: one). Contenders alternate per model (genforge
+epochs and batch for both: the batch is min(--batch, train rows), for CTGAN rounded down to a multiple of
+10 (its pac); genforge's steps see the rows SDV sees in those epochs (CTGAN: SDV's max(rows // batch, 1)
+full batches per epoch; TVAE: ceil(epochs x rows / batch) full batches, where SDV's loader adds each
+epoch's partial last batch; the copula: one). On the two small tables TVAE's batch is the whole train
+split, so both make one full update per epoch: with a batch of 270 on penguins' 275 rows SDV would make
+a second update per epoch from 5 rows, twice genforge's updates on the same rows. Contenders alternate per model (genforge
 ctgan, sdv ctgan, genforge tvae, ...) so load from elsewhere falls on both.
 
 Figures per contender:
@@ -117,11 +119,16 @@ def prepare(name: str, seed: int, holdout: float) -> dict[str, Any]:
     return meta
 
 
+def batch_for(model: str, rows: int, limit: int) -> int:
+    """The batch both contenders use: at most `limit` and the train rows; CTGAN's a multiple of its pac (10)."""
+    return min(limit, rows // 10 * 10) if model == "ctgan" else min(limit, rows)
+
+
 def steps_for(model: str, rows: int, batch: int, epochs: int) -> int:
     """genforge's steps for SDV's `epochs`: the same rows seen. CTGAN: SDV's steps, max(rows // batch, 1)
-    full batches an epoch. TVAE: SDV's loader keeps each epoch's last partial batch (5 rows on penguins'
-    275 with a batch of 270), while every genforge batch is full, so genforge gets the full batches
-    that hold epochs x rows rows; giving it SDV's step count would make it see twice the rows there."""
+    full batches an epoch. TVAE: SDV's loader keeps each epoch's last partial batch (txhousing's 6,881
+    rows: 13 of 500 and one of 381), while every genforge batch is full, so genforge gets the full
+    batches that hold epochs x rows rows (where the batch is the whole split: one per epoch, as SDV)."""
     if model == "ctgan":
         return epochs * max(rows // batch, 1)
     if model == "tvae":
@@ -346,17 +353,17 @@ def bench_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
     meta = prepare(name, args.seed, args.holdout)
     folder = OUT / "run" / name
     rows = meta["train_rows"]
-    batch = min(args.batch, rows // 10 * 10)
+    batches = {model: batch_for(model, rows, args.batch) for model in args.models}
     n = max(rows, 1000)
     cats, target = meta["categorical"], meta["target"]
     print(f"\n== {name}: {meta['rows']} rows, {rows} train / {meta['holdout_rows']} held out, "
-          f"categorical {cats}, {meta['missing_cells']} missing cells; epochs {args.epochs}, batch {batch}, "
+          f"categorical {cats}, {meta['missing_cells']} missing cells; epochs {args.epochs}, batches {batches}, "
           f"{n} rows sampled; load {os.getloadavg()[0]:.2f}", flush=True)
     results: dict[str, dict[str, Any]] = {}
     for model in args.models:
         for contender in args.contenders:
             key = f"{contender}-{model}"
-            r = run_contender(args, contender, model, folder, meta, batch, n)
+            r = run_contender(args, contender, model, folder, meta, batches[model], n)
             results[key] = r
             if "error" in r:
                 print(f"  {key}: FAILED\n    " + r["error"].replace("\n", "\n    "), flush=True)
@@ -381,7 +388,7 @@ def bench_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
         r["quality_genforge"] = quality_report(train, synth, cats)["score"]
         r["tstr_accuracy"] = tstr_accuracy(synth, held, target, cats, args.seed, args.threads)
         r["exact_copies"] = exact_copy_share(train, synth, cats)
-    return {"meta": meta, "batch": batch, "epochs": args.epochs, "n_sampled": n, "contenders": results, "real": real}
+    return {"meta": meta, "batches": batches, "epochs": args.epochs, "n_sampled": n, "contenders": results, "real": real}
 
 
 # --- report -------------------------------------------------------------------------------------------
@@ -394,7 +401,8 @@ def table_report(name: str, t: dict[str, Any], args: argparse.Namespace) -> list
     m = t["meta"]
     lines = [f"### {name}: {m['rows']:,} rows ({m['train_rows']:,} train, {m['holdout_rows']:,} held out), "
              f"categorical {', '.join(m['categorical'])}, TSTR target `{m['target']}`", "",
-             f"Epochs {t['epochs']}, batch {t['batch']}, {t['n_sampled']:,} rows sampled; quality and TSTR on the "
+             f"Epochs {t['epochs']}, batch {', '.join(f'{b} ({m_})' for m_, b in t['batches'].items())}, "
+             f"{t['n_sampled']:,} rows sampled; quality and TSTR on the "
              f"first {m['train_rows']:,}.", "",
              "| model | contender | fit s | prep s | sampling rows/s | peak RSS MB (after imports) | quality sdmetrics | "
              "quality genforge | TSTR accuracy | exact copies |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -479,7 +487,7 @@ def main() -> None:
     p.add_argument("--table-epochs", action="append", default=[], metavar="TABLE=N",
                    help="other epochs for one table, both contenders (diamonds=30: 300 epochs of 43k rows take SDV's "
                         "CTGAN about half an hour here); repeatable")
-    p.add_argument("--batch", type=int, default=500, help="at most this; a table's train rows rounded down to 10 cap it")
+    p.add_argument("--batch", type=int, default=500, help="at most this; a table's train rows cap it (CTGAN's rounded down to 10)")
     p.add_argument("--holdout", type=float, default=0.2, help="share of each table held out for TSTR")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per contender")
     p.add_argument("--seed", type=int, default=0)

@@ -212,3 +212,52 @@ def test_constant_and_few_valued_columns_fit_without_warnings():
         t = TableTransformer.fit(frame, schema(frame, dict.fromkeys(frame.columns, "numeric")), TransformConfig(), seed=0)
     assert len(t.modes["k"].means) == 1 and len(t.modes["two"].means) <= 2
     pd.testing.assert_frame_equal(t.inverse(t.transform(frame, 0), range(200)), frame)
+
+
+def test_mixture_updates_are_sklearns_from_the_same_start():
+    """The batched variational fit against sklearn's BayesianGaussianMixture started from the same
+    k-means clusters: the same means, variances and weights after its 100 rounds."""
+    from sklearn.mixture import BayesianGaussianMixture
+
+    from genforge.tabular.vgm import _kmeans, _variational
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-3, 1, 300), rng.normal(0, .3, 200), rng.normal(4, 2, 500)])
+    x = (x - x.mean()) / x.std()
+    mask = np.ones((1, len(x)), bool)
+    start = _kmeans(x[None], mask, 6, rng.random((1, 6)))
+
+    class Started(BayesianGaussianMixture):
+        def _initialize_parameters(self, X, random_state, xp=None):
+            self._initialize(X, start[0].T)
+
+    gm = Started(n_components=6, weight_concentration_prior_type="dirichlet_process", weight_concentration_prior=1e-3,
+                 covariance_type="diag", max_iter=100, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        gm.fit(x[:, None])
+    means, covs, weights = _variational(x[None], mask, start)
+    np.testing.assert_allclose(means[0], gm.means_[:, 0], atol=1e-10)
+    np.testing.assert_allclose(covs[0], gm.covariances_[:, 0], atol=1e-10)
+    np.testing.assert_allclose(weights[0], gm.weights_, atol=1e-10)
+
+
+def test_mixtures_find_the_modes_and_columns_fit_alone_as_together():
+    from genforge.tabular.vgm import fit_modes
+
+    rng = np.random.default_rng(1)
+    three = np.concatenate([rng.normal(-50, 1, 3000), rng.normal(0, 2, 2000), rng.normal(80, 5, 5000)])
+    columns = [three, rng.exponential(3, 700), np.where(rng.random(900) < .2, np.nan, rng.normal(5, 1, 900)),
+               rng.integers(0, 3, 400).astype(float)]
+    config = TransformConfig(fit_rows=8000)
+    together = fit_modes([(c, np.random.default_rng([7, i])) for i, c in enumerate(columns)], config)
+    alone = [fit_modes([(c, np.random.default_rng([7, i]))], config)[0] for i, c in enumerate(columns)]
+    for t, a in zip(together, alone):
+        np.testing.assert_allclose(t.means, a.means, rtol=1e-9)
+        np.testing.assert_allclose(t.weights, a.weights, rtol=1e-9)
+    found = list(zip(together[0].means, together[0].weights))
+    centers = np.array([-50, 0, 80])
+    for j, share in enumerate((.3, .2, .5)):  # the modes nearest each true one hold its share of the weight
+        near = sum(w for m, w in found if np.abs(centers - m).argmin() == j)
+        assert abs(near - share) < .02, (centers[j], found)
+    assert len(together[3].means) <= 3 and abs(sum(together[3].weights) - 1) < 1e-9

@@ -10,8 +10,14 @@ correlation matrix R is estimated, and a row is sampled as z ~ N(0, R), x = F^-1
   a beta by default, which cannot take a bimodal column's shape), exact up to the grid.
   Train scores come from mid-ranks, so tied values share one score.
 - Categories, booleans and the presence of a value in a column with missing values are discrete:
-  category c owns the interval [F(c-1), F(c)) of [0, 1] by its frequency, and a row's score is drawn
+  each category owns an interval of [0, 1] as wide as its frequency, and a row's score is drawn
   uniformly inside its category's interval (seeded), the uniform encoding SDV's GaussianCopula uses.
+  The order of the intervals is ours: one normal score can carry a nominal column's relation to the
+  others only as far as that order is monotone in them, and in code order (alphabetical) it often is
+  not (diamonds' cut: Fair, Good, Ideal, Premium, Very Good). So the categories are laid out along
+  their first linear discriminant of the numeric scores (Fisher 1936: the direction on which the
+  categories' means lie farthest apart for the spread within them), the one order in which a
+  single linear score separates them best.
 - R is the Pearson correlation of the train scores, shrunk by `shrinkage` toward the identity so it
   stays positive definite with constant or duplicated columns.
 
@@ -75,39 +81,71 @@ def _variables(codec: Codec) -> list[tuple[str, str]]:
     return out
 
 
-def _discrete_scores(codes: np.ndarray, probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    upper = np.cumsum(probs)
-    lower = upper - probs
-    u = lower[codes] + rng.random(len(codes)) * probs[codes]
+def _order(m: dict[str, Any]) -> np.ndarray:
+    """A discrete marginal's codes in the order their intervals lie (runs fitted before orders: code order)."""
+    return np.asarray(m.get("order", range(len(m["probs"]))), dtype=np.int64)
+
+
+def _lower(m: dict[str, Any]) -> np.ndarray:
+    """Where each code's interval starts in [0, 1]: the intervals laid end to end in the marginal's order."""
+    probs, order = np.asarray(m["probs"]), _order(m)
+    lower = np.empty(len(probs))
+    lower[order] = np.cumsum(probs[order]) - probs[order]
+    return lower
+
+
+def _discrete_scores(codes: np.ndarray, m: dict[str, Any], rng: np.random.Generator) -> np.ndarray:
+    probs = np.asarray(m["probs"])
+    u = _lower(m)[codes] + rng.random(len(codes)) * probs[codes]
     return ndtri(np.clip(u, EPS, 1 - EPS))
 
 
+def _discriminant_order(codes: np.ndarray, z: np.ndarray, k: int) -> list[int]:
+    """The k categories sorted along the first linear discriminant of the scores z (N, p): the
+    direction that maximises the between-category variance of the means over the within-category
+    variance (a small ridge keeps the within part invertible). Categories not in train sort by 0."""
+    from scipy.linalg import eigh
+
+    counts = np.bincount(codes, minlength=k).astype(np.float64)
+    centred = z - z.mean(0)
+    means = np.zeros((k, z.shape[1]))
+    np.add.at(means, codes, centred)
+    means /= np.maximum(counts, 1)[:, None]
+    between = (means * counts[:, None]).T @ means / len(z)
+    within = centred.T @ centred / len(z) - between + 1e-6 * np.eye(z.shape[1])
+    direction = eigh(between, within)[1][:, -1]
+    return np.argsort(means @ direction, kind="stable").tolist()
+
+
 def _marginals(config: Config, codec: Codec, frame: pd.DataFrame) -> tuple[dict[str, Any], np.ndarray]:
-    """(the marginals as json, the train scores (N, variables))."""
+    """(the marginals as json, the train scores (N, variables)). Numeric scores come first: the
+    categories' orders are fitted on them."""
     values = codec.values(frame)
     rng = np.random.default_rng(FIT_SEED)
     grid = np.linspace(0.0, 1.0, config.quantiles)
-    marg, cols = [], []
-    for name, role in _variables(codec):
+    variables = _variables(codec)
+    marg: list[dict[str, Any]] = [{} for _ in variables]
+    cols: list[np.ndarray] = [np.empty(0)] * len(variables)
+    for j, (name, role) in enumerate(variables):
         v = values[name]
         if role == "value":
             ok = ~np.isnan(v)
             if not ok.any():
                 raise ModelError(f"column {name!r} has no values in the train split to learn from")
-            z = np.zeros(len(v))
-            z[ok] = ndtri((rankdata(v[ok]) - 0.5) / ok.sum())  # mid-ranks: ties share a score; missing rows at the median
-            marg.append({"column": name, "role": role, "quantiles": np.quantile(v[ok], grid).tolist()})
-        elif role == "present":
-            missing = np.isnan(v).astype(np.int64)
-            probs = np.bincount(missing, minlength=2) / len(v)
-            z = _discrete_scores(missing, probs, rng)
-            marg.append({"column": name, "role": role, "probs": probs.tolist()})
-        else:
-            k = len(next(c for c in codec.learned if c.name == name).categories)
-            probs = np.bincount(v, minlength=k) / len(v)
-            z = _discrete_scores(v, probs, rng)
-            marg.append({"column": name, "role": role, "probs": probs.tolist()})
-        cols.append(z)
+            cols[j] = np.zeros(len(v))
+            cols[j][ok] = ndtri((rankdata(v[ok]) - 0.5) / ok.sum())  # mid-ranks: ties share a score; missing rows at the median
+            marg[j] = {"column": name, "role": role, "quantiles": np.quantile(v[ok], grid).tolist()}
+    numeric = np.stack([c for c in cols if len(c)], axis=1) if any(len(c) for c in cols) else None
+    for j, (name, role) in enumerate(variables):
+        v = values[name]
+        if role == "value":
+            continue
+        codes = np.isnan(v).astype(np.int64) if role == "present" else v
+        k = 2 if role == "present" else len(next(c for c in codec.learned if c.name == name).categories)
+        probs = np.bincount(codes, minlength=k) / len(v)
+        order = _discriminant_order(codes, numeric, k) if numeric is not None and k > 2 else list(range(k))
+        marg[j] = {"column": name, "role": role, "probs": probs.tolist(), "order": order}
+        cols[j] = _discrete_scores(codes, marg[j], rng)
     return {"marginals": marg}, np.stack(cols, axis=1)
 
 
@@ -149,8 +187,7 @@ class Copula(nn.Module):
                 cols.append(np.where(np.isnan(v), 0.0, ndtri(np.clip(u, 1e-6, 1 - 1e-6))))
             else:
                 codes = np.isnan(v).astype(np.int64) if m["role"] == "present" else v
-                probs = np.asarray(m["probs"])
-                mid = np.cumsum(probs) - probs / 2
+                mid = _lower(m) + np.asarray(m["probs"]) / 2
                 cols.append(ndtri(np.clip(mid[codes], 1e-6, 1 - 1e-6)))
         return torch.from_numpy(np.stack(cols, axis=1))
 
@@ -170,7 +207,8 @@ class Copula(nn.Module):
                 q = np.asarray(m["quantiles"])
                 values[m["column"]] = np.interp(u[:, j], np.linspace(0, 1, len(q)), q)
             else:
-                codes = np.minimum(np.searchsorted(np.cumsum(m["probs"]), u[:, j], side="right"), len(m["probs"]) - 1)
+                probs, order = np.asarray(m["probs"]), _order(m)
+                codes = order[np.minimum(np.searchsorted(np.cumsum(probs[order]), u[:, j], side="right"), len(probs) - 1)]
                 if m["role"] == "present":
                     values[m["column"]] = np.where(codes == 1, np.nan, values[m["column"]])
                 else:

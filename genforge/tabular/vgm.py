@@ -2,8 +2,8 @@
 
 References: Xu et al. 2019, "Modeling Tabular Data using Conditional GAN" (CTGAN), sec. 4.2.
 
-A continuous column is rarely one Gaussian: a variational Gaussian mixture (sklearn's Dirichlet-process
-`BayesianGaussianMixture`) finds its modes, and each value becomes (alpha, one-hot mode): the mode k
+A continuous column is rarely one Gaussian: a variational Gaussian mixture (the model of sklearn's
+Dirichlet-process `BayesianGaussianMixture`, fitted for all columns at once by `_variational`) finds its modes, and each value becomes (alpha, one-hot mode): the mode k
 drawn from the value's posterior over the modes that can hold it, alpha = (x - mu_k) / (4 sigma_k), clipped to
 [-0.99, 0.99] (the paper's eq. in sec. 4.2). A column that may be missing adds a present/missing
 one-hot; a discrete column is a one-hot of its categories. Spans say where each part lies, so the
@@ -16,7 +16,6 @@ of the modes kept), never pickled.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
@@ -66,31 +65,140 @@ class Modes:
         return float(w @ np.array(self.means) / w.sum())
 
 
-def fit_modes(x: np.ndarray, config: TransformConfig, rng: np.random.Generator) -> Modes:
-    """The modes of the non-missing values of x, fitted on at most `config.fit_rows` of them."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.mixture import BayesianGaussianMixture
+def fit_modes(columns: Sequence[tuple[np.ndarray, np.random.Generator]], config: TransformConfig) -> list[Modes]:
+    """The modes of each column's non-missing values, each fitted on at most `config.fit_rows` of them
+    (drawn with its own rng). Columns with the same number of components are fitted together in
+    chunks of bounded size (see `_mixtures`)."""
+    out: list[Modes | None] = [None] * len(columns)
+    fits: dict[int, list[tuple[int, np.ndarray, np.ndarray]]] = {}  # components -> (column, values, uniforms)
+    for i, (x, rng) in enumerate(columns):
+        x = x[~np.isnan(x)]
+        if len(x) > config.fit_rows:
+            x = rng.choice(x, config.fit_rows, replace=False)
+        distinct = len(np.unique(x))
+        if distinct < 2:  # a constant (or empty) column: one mode; its std only scales alpha
+            out[i] = Modes((float(x[0]) if len(x) else 0.0,), (1.0,), (1.0,))
+            continue
+        k = min(config.max_modes, distinct)
+        fits.setdefault(k, []).append((i, x, rng.random(k)))
+    for k, group in fits.items():
+        chunk = max(1, CHUNK_VALUES // (k * max(len(x) for _, x, _ in group)))
+        for at in range(0, len(group), chunk):
+            part = group[at:at + chunk]
+            centers = np.array([x.mean() for _, x, _ in part])
+            scales = np.array([x.std() for _, x, _ in part])  # fitted standardised: the priors and reg_covar are scale-free
+            z = np.zeros((len(part), max(len(x) for _, x, _ in part)))
+            mask = np.zeros(z.shape, dtype=bool)
+            for j, (_, x, _) in enumerate(part):
+                z[j, :len(x)], mask[j, :len(x)] = (x - centers[j]) / scales[j], True
+            means, covs, weights = _mixtures(z, mask, k, np.stack([u for _, _, u in part]))
+            for j, (i, _, _) in enumerate(part):
+                keep = weights[j] > config.weight_threshold
+                if not keep.any():
+                    keep = weights[j] == weights[j].max()
+                out[i] = Modes(tuple(float(v) for v in centers[j] + scales[j] * means[j, keep]),
+                               tuple(float(v) for v in scales[j] * np.sqrt(covs[j, keep])),
+                               tuple(float(v) for v in weights[j, keep]))
+    return out  # type: ignore[return-value]
 
-    x = x[~np.isnan(x)]
-    if len(x) > config.fit_rows:
-        x = rng.choice(x, config.fit_rows, replace=False)
-    distinct = len(np.unique(x))
-    if distinct < 2:  # a constant (or empty) column: one mode; its std only scales alpha
-        return Modes((float(x[0]) if len(x) else 0.0,), (1.0,), (1.0,))
-    center, scale = float(x.mean()), float(x.std())  # fitted standardised: the priors and reg_covar are scale-free then
-    gm = BayesianGaussianMixture(n_components=min(config.max_modes, distinct), weight_concentration_prior_type="dirichlet_process",
-                                 weight_concentration_prior=0.001, max_iter=100, n_init=1, covariance_type="diag",
-                                 random_state=int(rng.integers(2**31)))  # diag: in 1-D the same model as "full", 8x faster
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        gm.fit(((x - center) / scale)[:, None])
-    weights = gm.weights_
-    keep = weights > config.weight_threshold
-    if not keep.any():
-        keep = weights == weights.max()
-    return Modes(tuple(float(center + scale * m) for m in gm.means_[keep, 0]),
-                 tuple(float(scale * np.sqrt(c)) for c in gm.covariances_[keep, 0]),
-                 tuple(float(w) for w in weights[keep]))
+
+CHUNK_VALUES = 2_000_000  # values x components per (C, N, K) array of one chunk of columns: 16 MB in float64
+
+
+def _mixtures(x: np.ndarray, mask: np.ndarray, k: int, u: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Variational Dirichlet-process mixtures of k 1-d Gaussians, one per row of x (C, N) where mask
+    holds, started by `_kmeans` from the uniforms u (C, k): (means, variances, weights), each (C, k)."""
+    return _variational(x, mask, _kmeans(x, mask, k, u))
+
+
+def _kmeans(x: np.ndarray, mask: np.ndarray, k: int, u: np.ndarray) -> np.ndarray:
+    """Each value's one-hot cluster (C, k, N): k-means++ seeding (Arthur & Vassilvitskii 2007) from the
+    uniforms u, then Lloyd's k-means to convergence, as sklearn's default start does (it adds greedy
+    trials). The start decides how many modes survive: evenly spaced starts kept half again more
+    modes than sklearn on breast cancer, these as many."""
+    m = mask.astype(np.float64)
+    n = mask.sum(1)
+    x = np.where(mask, x, 0.0)
+    rows = np.arange(len(x))
+    centers = np.empty((len(x), k))
+    centers[:, 0] = x[rows, np.minimum((u[:, 0] * n).astype(np.int64), n - 1)]
+    d2 = (x - centers[:, :1]) ** 2 * m
+    for j in range(1, k):
+        cdf = d2.cumsum(1)
+        centers[:, j] = x[rows, np.minimum((cdf < u[:, j:j + 1] * cdf[:, -1:]).sum(1), n - 1)]
+        d2 = np.minimum(d2, (x - centers[:, j:j + 1]) ** 2 * m)
+    for _ in range(300):
+        hot = (np.abs(x[:, None, :] - centers[:, :, None]).argmin(1)[:, None, :] == np.arange(k)[None, :, None]) * m[:, None, :]
+        count = hot.sum(2)
+        moved = np.where(count > 0, (hot * x[:, None, :]).sum(2) / np.maximum(count, 1), centers)
+        if np.allclose(moved, centers, rtol=0, atol=1e-6):
+            break
+        centers = moved
+    return hot
+
+
+def _variational(x: np.ndarray, mask: np.ndarray, start: np.ndarray, gamma0: float = 1e-3, tol: float = 1e-3,
+                 max_iter: int = 100, reg: float = 1e-6) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Variational inference from the responsibilities `start` (C, k, N), zero where mask is False.
+
+    The model and updates are sklearn's `BayesianGaussianMixture(weight_concentration_prior_type=
+    "dirichlet_process", weight_concentration_prior=gamma0, covariance_type="diag")` with its default
+    priors (the data's mean and unbiased variance, mean precision 1, one degree of freedom), its reg_covar,
+    tol and max_iter, and each column stops when its own lower bound changes by less than tol, as there.
+    Written here because sklearn fits one column per call at about 1 ms of Python per EM round: 30
+    columns x 100 rounds took 3 s on breast cancer, a third of a TVAE fit; here a round is a few array
+    operations over all the columns at once. From the same start it gives sklearn's parameters to 1e-12
+    (tests/test_tabular_transform.py)."""
+    from scipy.special import betaln, digamma, gammaln
+
+    # arrays are (column, component, value): reductions over values then run along contiguous memory
+    m = mask.astype(np.float64)[:, None, :]
+    n = m.sum(2)[:, 0]
+    x = np.where(mask, x, 0.0)[:, None, :]
+    mean0 = x.sum(2)[:, 0] / n
+    var0 = ((x - mean0[:, None, None]) ** 2 * m).sum(2)[:, 0] / (n - 1)
+    c, k = start.shape[:2]
+    a, b, mp, mu, dof, cov = (np.zeros((c, k)) for _ in range(6))
+    bound = np.full(c, -np.inf)
+    live = np.arange(c)
+
+    def m_step(rows: np.ndarray, resp: np.ndarray) -> None:  # resp (rows, k, N), zero where masked
+        xs = x[rows]
+        nk = resp.sum(2) + 10 * np.finfo(np.float64).eps
+        xk = (resp * xs).sum(2) / nk
+        sk = (resp * xs ** 2).sum(2) / nk - xk ** 2 + reg
+        a[rows], b[rows] = 1.0 + nk, gamma0 + (nk.sum(1, keepdims=True) - nk.cumsum(1))  # stick-breaking
+        mp[rows] = 1.0 + nk
+        mu[rows] = (mean0[rows, None] + nk * xk) / mp[rows]
+        dof[rows] = 1.0 + nk
+        cov[rows] = (var0[rows, None] + nk * (sk + (xk - mean0[rows, None]) ** 2 / mp[rows])) / dof[rows]
+
+    m_step(live, start)
+    for _ in range(max_iter):
+        r = live
+        dab = digamma(a[r] + b[r])
+        log_w = digamma(a[r]) - dab + np.concatenate([np.zeros((len(r), 1)), np.cumsum(digamma(b[r]) - dab, 1)[:, :-1]], 1)
+        const = log_w - 0.5 * (np.log(2 * np.pi) + np.log(cov[r]) + np.log(dof[r])) \
+            + 0.5 * (np.log(2.0) + digamma(0.5 * dof[r]) - 1.0 / mp[r])
+        log_p = const[:, :, None] - 0.5 * (x[r] - mu[r, :, None]) ** 2 / cov[r, :, None]
+        log_p -= log_p.max(1, keepdims=True)
+        resp = np.exp(log_p)
+        norm = resp.sum(1, keepdims=True)
+        resp *= m[r] / norm
+        m_step(r, resp)
+        # the lower bound; sum of resp * log resp is that of resp * log_p less each value's log norm
+        entropy = -(resp * log_p).sum((1, 2)) + (np.log(norm) * m[r]).sum((1, 2))
+        ldpc = -0.5 * np.log(cov[r]) - 0.5 * np.log(dof[r])
+        wishart = -(dof[r] * ldpc + dof[r] * 0.5 * np.log(2.0) + gammaln(0.5 * dof[r])).sum(1)
+        new = entropy - wishart + betaln(a[r], b[r]).sum(1) - 0.5 * np.log(mp[r]).sum(1)
+        done = np.abs(new - bound[r]) < tol
+        bound[r] = new
+        live = r[~done]
+        if not len(live):
+            break
+    total = a + b
+    weights = a / total * np.concatenate([np.ones((c, 1)), np.cumprod(b / total, 1)[:, :-1]], 1)
+    return mu, cov, weights / weights.sum(1, keepdims=True)
 
 
 class TableTransformer:
@@ -119,11 +227,9 @@ class TableTransformer:
         """`fixed_combinations`: groups of columns generated only in seen combinations (`model.rules`)."""
         codec = Codec.fit(frame, schema_columns, fixed_combinations)
         values = codec.values(frame)
-        modes = {}
-        for i, lc in enumerate(codec.learned):
-            if lc.kind == "continuous":
-                modes[lc.name] = fit_modes(values[lc.name], config, np.random.default_rng([seed, i]))
-        return cls(codec, modes)
+        numeric = [(i, lc.name) for i, lc in enumerate(codec.learned) if lc.kind == "continuous"]
+        fitted = fit_modes([(values[name], np.random.default_rng([seed, i])) for i, name in numeric], config)
+        return cls(codec, {name: f for (_, name), f in zip(numeric, fitted)})
 
     def transform(self, frame: pd.DataFrame, seed: int) -> np.ndarray:
         """float32 (N, width); each value's mode is drawn from its posterior with a seeded rng, as
