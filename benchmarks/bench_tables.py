@@ -60,6 +60,7 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent
@@ -321,7 +322,7 @@ def sdmetrics_scores(folder: Path, frames: list[str]) -> dict[str, Any]:
 
 
 def run_contender(args: argparse.Namespace, contender: str, model: str, folder: Path, meta: dict[str, Any],
-                  batch: int, n: int) -> dict[str, Any]:
+                  batch: int, n: int, seed: int) -> dict[str, Any]:
     python = str(SDV_PYTHON) if contender == "sdv" else sys.executable
     if contender == "sdv" and not SDV_PYTHON.exists():
         return {"error": "no sdv-venv: run bash benchmarks/setup_tables.sh"}
@@ -330,7 +331,7 @@ def run_contender(args: argparse.Namespace, contender: str, model: str, folder: 
     home.mkdir(parents=True)
     env = {**os.environ, "GENFORGE_HOME": str(home), "GENFORGE_TRACKING": "off", "PYTHONWARNINGS": "ignore"}
     cmd = [python, __file__, "--child", contender, "--model", model, "--dir", str(folder), "--epochs", str(args.epochs),
-           "--batch-size", str(batch), "--n", str(n), "--threads", str(args.threads), "--seed", str(args.seed)]
+           "--batch-size", str(batch), "--n", str(n), "--threads", str(args.threads), "--seed", str(seed)]
     for s in args.gf_set:
         cmd += ["--gf-set", s]
     t = time.perf_counter()
@@ -347,7 +348,26 @@ def run_contender(args: argparse.Namespace, contender: str, model: str, folder: 
     return {**json.loads(p.stdout.strip().splitlines()[-1]), "process_s": wall}
 
 
+SUMMARISED = ("fit_s", "prep_s", "sample_rows_per_s", "peak_rss_mb", "import_rss_mb", "quality_sdmetrics",
+              "quality_genforge", "tstr_accuracy", "exact_copies")
+
+
+def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One contender's repeats: the median of each figure, its range, and every run (an error if any failed)."""
+    failed = [r for r in runs if "error" in r]
+    if failed:
+        return {"error": failed[0]["error"], "runs": runs}
+    out: dict[str, Any] = {**runs[0], "runs": runs, "range": {}}
+    for k in SUMMARISED:
+        values = [r[k] for r in runs if r.get(k) is not None]
+        out[k] = float(np.median(values)) if values else None
+        out["range"][k] = (min(values), max(values)) if values else None
+    return out
+
+
 def bench_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """Every contender on one table, `args.repeats` times with model seeds seed, seed + 1, ... (the split and
+    the TSTR forest keep `args.seed`), contenders alternating within each repeat; figures are medians."""
     from genforge.evaluation.tabular import exact_copy_share, quality_report
 
     meta = prepare(name, args.seed, args.holdout)
@@ -358,37 +378,43 @@ def bench_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
     cats, target = meta["categorical"], meta["target"]
     print(f"\n== {name}: {meta['rows']} rows, {rows} train / {meta['holdout_rows']} held out, "
           f"categorical {cats}, {meta['missing_cells']} missing cells; epochs {args.epochs}, batches {batches}, "
-          f"{n} rows sampled; load {os.getloadavg()[0]:.2f}", flush=True)
-    results: dict[str, dict[str, Any]] = {}
-    for model in args.models:
-        for contender in args.contenders:
-            key = f"{contender}-{model}"
-            r = run_contender(args, contender, model, folder, meta, batches[model], n)
-            results[key] = r
-            if "error" in r:
-                print(f"  {key}: FAILED\n    " + r["error"].replace("\n", "\n    "), flush=True)
-            else:
-                print(f"  {key}: fit {r['fit_s']:.1f} s, sampled {r['rows']} rows in {r['sample_s']:.2f} s, "
-                      f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
-
+          f"{n} rows sampled, {args.repeats} repeat(s); load {os.getloadavg()[0]:.2f}", flush=True)
     train = pd.read_parquet(folder / "train.parquet")
     held = pd.read_parquet(folder / "holdout.parquet")
-    done = [k for k, r in results.items() if "error" not in r]
-    sdm = sdmetrics_scores(folder, [*done, "holdout"])
-    real = {"quality_sdmetrics": sdm["holdout"].get("score"), "sdmetrics": sdm["holdout"],
-            "quality_genforge": quality_report(train, held, cats)["score"],
-            "tstr_accuracy": tstr_accuracy(train, held, target, cats, args.seed, args.threads),
-            "exact_copies": exact_copy_share(train, held, cats)}
-    for k in done:
-        synth = pd.read_parquet(folder / f"{k}.parquet").head(rows)
-        r = results[k]
-        r["sample_rows_per_s"] = r["rows"] / r["sample_s"]
-        r["sdmetrics"] = sdm.get(k, {})
-        r["quality_sdmetrics"] = r["sdmetrics"].get("score")
-        r["quality_genforge"] = quality_report(train, synth, cats)["score"]
-        r["tstr_accuracy"] = tstr_accuracy(synth, held, target, cats, args.seed, args.threads)
-        r["exact_copies"] = exact_copy_share(train, synth, cats)
-    return {"meta": meta, "batches": batches, "epochs": args.epochs, "n_sampled": n, "contenders": results, "real": real}
+    runs: dict[str, list[dict[str, Any]]] = {f"{c}-{m}": [] for m in args.models for c in args.contenders}
+    real: dict[str, Any] = {}
+    for repeat in range(args.repeats):
+        seed = args.seed + repeat
+        results: dict[str, dict[str, Any]] = {}
+        for model in args.models:
+            for contender in args.contenders:
+                key = f"{contender}-{model}"
+                r = results[key] = {**run_contender(args, contender, model, folder, meta, batches[model], n, seed), "seed": seed}
+                if "error" in r:
+                    print(f"  {key} (seed {seed}): FAILED\n    " + r["error"].replace("\n", "\n    "), flush=True)
+                else:
+                    print(f"  {key} (seed {seed}): fit {r['fit_s']:.1f} s, sampled {r['rows']} rows in {r['sample_s']:.2f} s, "
+                          f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
+        done = [k for k, r in results.items() if "error" not in r]
+        sdm = sdmetrics_scores(folder, [*done, *(["holdout"] if not real else [])])
+        if not real:
+            real = {"quality_sdmetrics": sdm["holdout"].get("score"), "sdmetrics": sdm["holdout"],
+                    "quality_genforge": quality_report(train, held, cats)["score"],
+                    "tstr_accuracy": tstr_accuracy(train, held, target, cats, args.seed, args.threads),
+                    "exact_copies": exact_copy_share(train, held, cats)}
+        for k in done:
+            synth = pd.read_parquet(folder / f"{k}.parquet").head(rows)
+            r = results[k]
+            r["sample_rows_per_s"] = r["rows"] / r["sample_s"]
+            r["sdmetrics"] = sdm.get(k, {})
+            r["quality_sdmetrics"] = r["sdmetrics"].get("score")
+            r["quality_genforge"] = quality_report(train, synth, cats)["score"]
+            r["tstr_accuracy"] = tstr_accuracy(synth, held, target, cats, args.seed, args.threads)
+            r["exact_copies"] = exact_copy_share(train, synth, cats)
+        for k, r in results.items():
+            runs[k].append(r)
+    return {"meta": meta, "batches": batches, "epochs": args.epochs, "n_sampled": n, "repeats": args.repeats,
+            "contenders": {k: summarise(v) for k, v in runs.items()}, "real": real}
 
 
 # --- report -------------------------------------------------------------------------------------------
@@ -402,8 +428,9 @@ def table_report(name: str, t: dict[str, Any], args: argparse.Namespace) -> list
     lines = [f"### {name}: {m['rows']:,} rows ({m['train_rows']:,} train, {m['holdout_rows']:,} held out), "
              f"categorical {', '.join(m['categorical'])}, TSTR target `{m['target']}`", "",
              f"Epochs {t['epochs']}, batch {', '.join(f'{b} ({m_})' for m_, b in t['batches'].items())}, "
-             f"{t['n_sampled']:,} rows sampled; quality and TSTR on the "
-             f"first {m['train_rows']:,}.", "",
+             f"{t['n_sampled']:,} rows sampled; quality and TSTR on the first {m['train_rows']:,}."
+             + (f" Medians of {t['repeats']} runs (model seeds {', '.join(str(r['seed']) for r in next(iter(t['contenders'].values()))['runs'])}), "
+                "ranges in brackets." if t["repeats"] > 1 else ""), "",
              "| model | contender | fit s | prep s | sampling rows/s | peak RSS MB (after imports) | quality sdmetrics | "
              "quality genforge | TSTR accuracy | exact copies |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     res = t["contenders"]
@@ -412,9 +439,12 @@ def table_report(name: str, t: dict[str, Any], args: argparse.Namespace) -> list
         if "error" in r:
             lines.append(f"| {model} | {contender} | failed: {r['error'].splitlines()[-1][:120]} |||||||")
             continue
-        lines.append(f"| {model} | {contender} | {r['fit_s']:.1f} | {r['prep_s']:.1f} | {r['sample_rows_per_s']:,.0f} | "
-                     f"{r['peak_rss_mb']:,.0f} ({r['import_rss_mb']:,.0f}) | {fmt(r['quality_sdmetrics'])} | "
-                     f"{fmt(r['quality_genforge'])} | {fmt(r['tstr_accuracy'])} | {fmt(r['exact_copies'], '.4f')} |")
+        spread = lambda k, spec=".3f": f" ({format(r['range'][k][0], spec)}-{format(r['range'][k][1], spec)})" \
+            if t["repeats"] > 1 and r["range"].get(k) else ""  # noqa: E731
+        lines.append(f"| {model} | {contender} | {r['fit_s']:.1f}{spread('fit_s', '.1f')} | {r['prep_s']:.1f} | "
+                     f"{r['sample_rows_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} ({r['import_rss_mb']:,.0f}) | "
+                     f"{fmt(r['quality_sdmetrics'])}{spread('quality_sdmetrics')} | {fmt(r['quality_genforge'])} | "
+                     f"{fmt(r['tstr_accuracy'])}{spread('tstr_accuracy')} | {fmt(r['exact_copies'], '.4f')} |")
     real = t["real"]
     lines += [f"| real held-out rows | | | | | | {fmt(real['quality_sdmetrics'])} | {fmt(real['quality_genforge'])} | "
               f"{fmt(real['tstr_accuracy'])} | {fmt(real['exact_copies'], '.4f')} |", ""]
@@ -491,6 +521,7 @@ def main() -> None:
     p.add_argument("--holdout", type=float, default=0.2, help="share of each table held out for TSTR")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="torch threads per contender")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=1, help="runs per contender with model seeds seed, seed+1, ...: medians and ranges")
     p.add_argument("--gf-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an override of genforge's run config (e.g. train.ema=0); repeatable")
     p.add_argument("--child-timeout", type=float, default=None, help="seconds one contender may take")
@@ -533,7 +564,7 @@ def main() -> None:
     print("\n" + text)
     payload = {"info": info, "args": {k: v for k, v in vars(args).items() if k in
                                       ("tables", "models", "contenders", "epochs", "table_epochs", "batch", "holdout",
-                                       "threads", "seed",
+                                       "threads", "seed", "repeats",
                                        "gf_set", "quick")}, "tables": tables}
     last = OUT / "last.json"
     last.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")

@@ -39,7 +39,10 @@ class Optimizers:
             loss.backward(inputs=params)
         if self.sync_world > 1:
             self._all_reduce(params)
-        self.grad_norms[name] = torch.nn.utils.clip_grad_norm_(params, self.max_norm, foreach=True).detach()
+        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
+        if self.max_norm < math.inf:  # without clipping, the norm is only logged: no rescale of every gradient by 1
+            torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, norm, foreach=True)
+        self.grad_norms[name] = norm.detach()
         opt.step()
 
     def _all_reduce(self, params: list[torch.Tensor]) -> None:
