@@ -25,8 +25,8 @@ def test_grouped_log_softmax_is_each_spans_own():
     assert logp.shape == (6, WIDTH - 3)
     for start, size, hot in SPANS:
         if hot:  # logits 40 apart: a row-wide maximum would underflow; each span's own does not
-            at = int(seg.onehot_position(torch.tensor(start)))
-            assert torch.allclose(logp[:, at:at + size], torch.log_softmax(x[:, start:start + size], -1))
+            at = seg.onehot_position(torch.arange(start, start + size))
+            assert torch.allclose(logp[:, at], torch.log_softmax(x[:, start:start + size], -1))
 
 
 def test_gumbel_softmax_gives_a_distribution_per_span_and_follows_the_seed():
@@ -37,8 +37,8 @@ def test_gumbel_softmax_gives_a_distribution_per_span_and_follows_the_seed():
     assert torch.equal(a, seg.gumbel_softmax(g, 0.2))
     for start, size, hot in SPANS:
         if hot:
-            at = int(seg.onehot_position(torch.tensor(start)))
-            assert torch.allclose(a[:, at:at + size].sum(1), torch.ones(6, dtype=torch.float64))
+            at = seg.onehot_position(torch.arange(start, start + size))
+            assert torch.allclose(a[:, at].sum(1), torch.ones(6, dtype=torch.float64))
 
 
 def test_the_permutation_sends_gradients_back_to_their_columns():

@@ -158,9 +158,9 @@ class Conditions(nn.Module):
         self.register_buffer("logp", logp.float(), persistent=False)
         self.register_buffer("last", torch.tensor(self.sizes, dtype=torch.long) - 1, persistent=False)
         self.register_buffer("cond_start", torch.tensor(self.cond_starts, dtype=torch.long), persistent=False)
-        # where each column's one-hot starts among the one-hot columns of a grouped row (G's log-softmax)
-        starts = torch.tensor([s.start for s in cats], dtype=torch.long)
-        self.register_buffer("onehot_start", seg.onehot_position(starts), persistent=False)
+        # where each (column, category) lies among the one-hot columns of a grouped row (G's log-softmax)
+        columns = torch.tensor([[s.start + min(c, s.size - 1) for c in range(k)] for s in cats], dtype=torch.long)
+        self.register_buffer("onehot_at", seg.onehot_position(columns.reshape(len(cats), k)), persistent=False)
 
     @property
     def n(self) -> int:
@@ -188,7 +188,7 @@ def cond_loss(x: torch.Tensor, seg: Segments, cond: Conditions, cols: torch.Tens
     """Cross-entropy of G's (grouped) logits for the conditioned column against the condition (paper sec. 4.3)."""
     if not cond.n:
         return torch.zeros((), device=x.device)
-    return -seg.log_softmax(x).gather(1, (cond.onehot_start[cols] + cats)[:, None]).mean()
+    return -seg.log_softmax(x).gather(1, cond.onehot_at[cols, cats][:, None]).mean()
 
 
 # ---- the contract -------------------------------------------------------------------------------
