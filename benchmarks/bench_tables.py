@@ -68,7 +68,7 @@ REPO = ROOT.parent
 OUT = ROOT / "out" / "tables"
 SDV_PYTHON = OUT / "sdv-venv" / "bin" / "python"
 RESULTS_MD = ROOT / "results" / "tables.md"
-RESULTS_JSON = ROOT / "results" / "tables.json"
+RESULTS_JSON = ROOT / "results" / "tables.jsonl"  # one run per line, appended like the markdown
 FLAGS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}
 TABLES = ("penguins", "breast_cancer", "txhousing", "diamonds")
 MODELS = ("ctgan", "tvae", "copula")
@@ -527,7 +527,7 @@ def main() -> None:
     p.add_argument("--child-timeout", type=float, default=None, help="seconds one contender may take")
     p.add_argument("--keep", action="store_true", help="keep each genforge workspace under benchmarks/out/tables/work/")
     p.add_argument("--quick", action="store_true", help="2 epochs: every code path; the figures mean nothing")
-    p.add_argument("--write", action="store_true", help=f"append to {RESULTS_MD.relative_to(REPO)}, rewrite "
+    p.add_argument("--write", action="store_true", help=f"append to {RESULTS_MD.relative_to(REPO)} and "
                                                         f"{RESULTS_JSON.relative_to(REPO)} (not with --quick)")
     # a contender's own process
     p.add_argument("--child", choices=["genforge", "sdv", "sdmetrics"], help=argparse.SUPPRESS)
@@ -572,9 +572,9 @@ def main() -> None:
     if args.write and not args.quick:
         from genforge.workspace import atomic_write_text
         RESULTS_MD.parent.mkdir(exist_ok=True)
-        old = RESULTS_MD.read_text(encoding="utf-8") if RESULTS_MD.exists() else "# Tables: genforge against SDV\n\n"
-        atomic_write_text(RESULTS_MD, old + text + "\n")
-        atomic_write_text(RESULTS_JSON, json.dumps(payload, indent=1, default=str) + "\n")
+        read = lambda path, empty: path.read_text(encoding="utf-8") if path.exists() else empty  # noqa: E731
+        atomic_write_text(RESULTS_MD, read(RESULTS_MD, "# Tables: genforge against SDV\n\n") + text + "\n")
+        atomic_write_text(RESULTS_JSON, read(RESULTS_JSON, "") + json.dumps(payload, default=str) + "\n")
         print(f"written: {RESULTS_MD.relative_to(REPO)}, {RESULTS_JSON.relative_to(REPO)}")
 
 

@@ -81,16 +81,19 @@ def _variables(codec: Codec) -> list[tuple[str, str]]:
     return out
 
 
-def _order(m: dict[str, Any]) -> np.ndarray:
-    """A discrete marginal's codes in the order their intervals lie (runs fitted before orders: code order)."""
-    return np.asarray(m.get("order", range(len(m["probs"]))), dtype=np.int64)
+def _ends(m: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The order in which a discrete marginal's intervals lie end to end in [0, 1] (runs fitted before
+    orders existed: code order) and their upper ends in that order."""
+    probs = np.asarray(m["probs"])
+    order = np.asarray(m.get("order", range(len(probs))), dtype=np.int64)
+    return np.cumsum(probs[order]), order
 
 
 def _lower(m: dict[str, Any]) -> np.ndarray:
-    """Where each code's interval starts in [0, 1]: the intervals laid end to end in the marginal's order."""
-    probs, order = np.asarray(m["probs"]), _order(m)
-    lower = np.empty(len(probs))
-    lower[order] = np.cumsum(probs[order]) - probs[order]
+    """Where each code's interval starts in [0, 1], indexed by code."""
+    upper, order = _ends(m)
+    lower = np.empty(len(upper))
+    lower[order] = upper - np.asarray(m["probs"])[order]
     return lower
 
 
@@ -207,8 +210,8 @@ class Copula(nn.Module):
                 q = np.asarray(m["quantiles"])
                 values[m["column"]] = np.interp(u[:, j], np.linspace(0, 1, len(q)), q)
             else:
-                probs, order = np.asarray(m["probs"]), _order(m)
-                codes = order[np.minimum(np.searchsorted(np.cumsum(probs[order]), u[:, j], side="right"), len(probs) - 1)]
+                upper, order = _ends(m)
+                codes = order[np.minimum(np.searchsorted(upper, u[:, j], side="right"), len(upper) - 1)]
                 if m["role"] == "present":
                     values[m["column"]] = np.where(codes == 1, np.nan, values[m["column"]])
                 else:

@@ -160,7 +160,8 @@ class Conditions(nn.Module):
         self.register_buffer("cond_start", torch.tensor(self.cond_starts, dtype=torch.long), persistent=False)
         # where each (column, category) lies among the one-hot columns of a grouped row (G's log-softmax)
         columns = torch.tensor([[s.start + min(c, s.size - 1) for c in range(k)] for s in cats], dtype=torch.long)
-        self.register_buffer("onehot_at", seg.onehot_position(columns.reshape(len(cats), k)), persistent=False)
+        columns = columns.reshape(len(cats), k)  # a table with no discrete column gives a 1-d empty tensor
+        self.register_buffer("onehot_at", seg.onehot_position(columns), persistent=False)
 
     @property
     def n(self) -> int:

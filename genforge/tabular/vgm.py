@@ -3,8 +3,8 @@
 References: Xu et al. 2019, "Modeling Tabular Data using Conditional GAN" (CTGAN), sec. 4.2.
 
 A continuous column is rarely one Gaussian: a variational Gaussian mixture (the model of sklearn's
-Dirichlet-process `BayesianGaussianMixture`, fitted for all columns at once by `_variational`) finds its modes, and each value becomes (alpha, one-hot mode): the mode k
-drawn from the value's posterior over the modes that can hold it, alpha = (x - mu_k) / (4 sigma_k), clipped to
+Dirichlet-process `BayesianGaussianMixture`, fitted for all columns at once by `_variational`) finds
+its modes, and each value becomes (alpha, one-hot mode): the mode k drawn from the value's posterior over the modes that can hold it, alpha = (x - mu_k) / (4 sigma_k), clipped to
 [-0.99, 0.99] (the paper's eq. in sec. 4.2). A column that may be missing adds a present/missing
 one-hot; a discrete column is a one-hot of its categories. Spans say where each part lies, so the
 model can put tanh on values and softmax on one-hots.
@@ -147,7 +147,7 @@ def _variational(x: np.ndarray, mask: np.ndarray, start: np.ndarray, gamma0: flo
     tol and max_iter, and each column stops when its own lower bound changes by less than tol, as there.
     Written here because sklearn fits one column per call at about 1 ms of Python per EM round: 30
     columns x 100 rounds took 3 s on breast cancer, a third of a TVAE fit; here a round is a few array
-    operations over all the columns at once. From the same start it gives sklearn's parameters to 1e-12
+    operations over all the columns at once. From the same start it gives sklearn's parameters to 1e-10
     (tests/test_tabular_transform.py)."""
     from scipy.special import betaln, digamma, gammaln
 
