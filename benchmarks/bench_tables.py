@@ -46,6 +46,7 @@ in quality and in TSTR accuracy.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import os
@@ -214,6 +215,7 @@ def child_genforge(args: argparse.Namespace, train: pd.DataFrame, meta: dict[str
     import sklearn.mixture  # noqa: F401  (genforge imports it when it first fits; SDV's rdt at import)
     import torch._dynamo  # noqa: F401  (the optimizers' first construction imports it, in both contenders' fits)
     from genforge import api
+    importlib.import_module(f"genforge.models.{args.model}")  # the family's code, as SDV's synthesizers are imported
     torch.set_num_threads(args.threads)
     import_rss = peak_rss_mb()
     name, cats = meta["table"], meta["categorical"]

