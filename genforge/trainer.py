@@ -58,7 +58,10 @@ def train(config: RunConfig, *, resume: bool = False, run: str | None = None, co
     try:
         start = _start(config, procs, resume, run, console or Console(stderr=True))
         with tracked(start.run_dir, procs.main, lambda msg: _warn(start.console, msg)):
-            return _Loop(start).run()
+            run_dir = _Loop(start).run()
+        if procs.world > 1:  # every process done (rank 0's last writes too) before any tears its group down
+            dist.barrier()
+        return run_dir
     finally:
         close_processes(procs)
 
