@@ -1,0 +1,159 @@
+"""How fast can a TVAE fit be on a small table? The least time eager fp32 PyTorch needs for the
+fit's arithmetic, beside genforge's and SDV's whole fits (issue 15's 2x target on penguins).
+
+    .venv/bin/python benchmarks/bench_floor.py --table penguins --repeats 5 [--write]
+
+Three contenders, each in a fresh process, alternating within each repeat:
+- genforge and SDV: `bench_tables.py`'s own children (the same split, epochs, batch and threads);
+  only their fit seconds are used here.
+- floor: the networks genforge builds for the table (TVAE's encoder and decoder, the same layer
+  sizes), on the encoded train rows already in one tensor, for genforge's number of steps: the
+  encoder, the reparameterisation, the decoder, a loss that reads every output (sum of squares plus
+  the KL), backward, and one fused Adam update. No data pipeline, loss spans, logging, schedule,
+  gradient norm or checkpoint: every TVAE implementation in eager PyTorch does at least this much
+  work per step, so its time bounds any such fit from below.
+
+If the floor alone takes more than half of SDV's fit, no eager fp32 implementation of the same
+networks can fit 2x faster than SDV on that table; the report says so, and what is reachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import bench_tables as bt  # noqa: E402  (the split, the batch, the steps and the two real contenders)
+
+RESULTS_MD = bt.ROOT / "results" / "floor.md"
+
+
+def child_floor(args: argparse.Namespace) -> None:
+    """The floor loop in this process: genforge prepares the table and the networks (not timed)."""
+    import torch
+    from rich.console import Console
+
+    from genforge import api
+    from genforge.data.store import open_dataset
+    from genforge.runs import load_run
+    torch.set_num_threads(args.threads)
+    folder = Path(args.dir)
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    name = meta["table"].replace("_", "-")
+    types = {c: "categorical" if c in meta["categorical"] else "numeric" for c in meta["columns"]}
+    api.ingest(str(folder / "train.parquet"), name, {"kind": "table", "table": {"types": types, "drop_duplicate_rows": False},
+                                                      "split": {"val": 0.0, "test": 0.0, "seed": args.seed}})
+    shipped = bt.shipped_settings("tvae")
+    config = {"name": "floor", "data": {"dataset": name, "val_split": "train"}, "model": {**shipped["model"], "family": "tvae"},
+              "train": {**shipped["train"], "steps": 1, "batch_size": args.batch_size, "seed": args.seed, "threads": args.threads,
+                        "val_every": 0, "checkpoint_every": 1}}
+    model = load_run(api.train(config, console=Console(stderr=True, quiet=True)).id).model("cpu")
+    x = model.family.encode(model.config, model.spec, model.fitted, open_dataset(name), "train")["x"][:args.batch_size]
+    enc, dec = model.modules["encoder"], model.modules["decoder"]
+    params = [p for m in (enc, dec) for p in m.parameters()]
+    for m in (enc, dec):
+        m.train().requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
+    torch.manual_seed(args.seed)
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        mu, logvar = enc(x)
+        out = dec(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar))
+        loss = out.square().mean() - 0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(1).mean()
+        for p in params:
+            p.grad = None
+        loss.backward()
+        opt.step()
+    fit_s = time.perf_counter() - t
+    print(json.dumps({"fit_s": fit_s, "steps": args.steps, "rows": len(x), "width": x.shape[1],
+                      "layers": [tuple(p.shape) for p in params if p.dim() == 2]}))
+
+
+def run_floor(args: argparse.Namespace, folder: Path, batch: int, steps: int, seed: int) -> dict:
+    home = bt.OUT / "work" / "floor"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    env = {**os.environ, "GENFORGE_HOME": str(home), "GENFORGE_TRACKING": "off", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, __file__, "--child-floor", "--dir", str(folder), "--batch-size", str(batch),
+           "--steps", str(steps), "--threads", str(args.threads), "--seed", str(seed)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=bt.REPO)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    if p.returncode:
+        return {"error": (p.stderr.strip() or p.stdout.strip())[-3000:]}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--table", default="penguins", choices=bt.TABLES)
+    p.add_argument("--epochs", type=int, default=300)
+    p.add_argument("--batch", type=int, default=500, help="the batch limit, as bench_tables.py's --batch")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--write", action="store_true", help=f"append the report to {RESULTS_MD.relative_to(bt.REPO)}")
+    p.add_argument("--child-floor", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--dir", help=argparse.SUPPRESS)
+    p.add_argument("--batch-size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child_floor:
+        return child_floor(args)
+    if not bt.SDV_PYTHON.exists():
+        p.error(f"{bt.SDV_PYTHON.relative_to(bt.REPO)} is missing: run bash benchmarks/setup_tables.sh")
+
+    info = bt.machine_info()
+    meta = bt.prepare(args.table, args.seed, 0.2)
+    folder = bt.OUT / "run" / args.table
+    rows = meta["train_rows"]
+    batch = bt.batch_for("tvae", rows, args.batch)
+    steps = bt.steps_for("tvae", rows, batch, args.epochs)
+    n = max(rows, 1000)
+    ns = argparse.Namespace(epochs=args.epochs, threads=args.threads, gf_set=[], child_timeout=None, keep=False)
+    fits: dict[str, list[float]] = {"floor": [], "genforge": [], "sdv": []}
+    for repeat in range(args.repeats):
+        seed = args.seed + repeat
+        for contender in fits:
+            r = run_floor(args, folder, batch, steps, seed) if contender == "floor" else \
+                bt.run_contender(ns, contender, "tvae", folder, meta, batch, n, seed)
+            if "error" in r:
+                sys.exit(f"{contender} (seed {seed}) failed:\n{r['error']}")
+            fits[contender].append(r["fit_s"])
+            print(f"  {contender} (seed {seed}): fit {r['fit_s']:.2f} s", flush=True)
+    med = {k: float(np.median(v)) for k, v in fits.items()}
+    span = lambda k: f"{min(fits[k]):.2f}-{max(fits[k]):.2f}"  # noqa: E731
+    lines = [f"## TVAE's eager-PyTorch floor on {args.table}, {info['date']}", "",
+             f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/bench_floor.py', *sys.argv[1:]])}`", "",
+             f"Machine: {info['cpu']}, {info['cores']} cores, {args.threads} threads per contender; flags: {info['flags']}; "
+             f"genforge git {info['git']}, torch {info['genforge']['torch']}; SDV {info['sdv_venv'].get('sdv', '-')}.", "",
+             f"{rows} train rows, batch {batch}, {args.epochs} epochs = {steps} steps; medians of {args.repeats} runs "
+             f"(seeds {args.seed}-{args.seed + args.repeats - 1}), ranges beside them.", "",
+             "| contender | fit s | range | SDV / contender |", "|---|---:|---:|---:|"]
+    for k in fits:
+        lines.append(f"| {k} | {med[k]:.2f} | {span(k)} | {med['sdv'] / med[k]:.2f}x |")
+    half = med["sdv"] / 2
+    lines += ["", f"2x SDV means a fit of at most {half:.2f} s. The floor alone takes {med['floor']:.2f} s "
+                  f"({med['floor'] / half:.0%} of that); genforge spends {med['genforge'] - med['floor']:.2f} s beyond the "
+                  f"floor (its table transformer, data, loss spans, logging, checkpoint). The most any eager fp32 "
+                  f"implementation of these networks can reach here is {med['sdv'] / med['floor']:.2f}x.", ""]
+    text = "\n".join(lines)
+    print("\n" + text)
+    if args.write:
+        from genforge.workspace import atomic_write_text
+        old = RESULTS_MD.read_text(encoding="utf-8") if RESULTS_MD.exists() else "# TVAE's floor: genforge, SDV and the bare networks\n\n"
+        atomic_write_text(RESULTS_MD, old + text + "\n")
+        print(f"written: {RESULTS_MD.relative_to(bt.REPO)}")
+
+
+if __name__ == "__main__":
+    main()
