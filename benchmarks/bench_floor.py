@@ -49,12 +49,14 @@ def child_floor(args: argparse.Namespace) -> None:
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     name = meta["table"].replace("_", "-")
     types = {c: "categorical" if c in meta["categorical"] else "numeric" for c in meta["columns"]}
-    api.ingest(str(folder / "train.parquet"), name, {"kind": "table", "table": {"types": types, "drop_duplicate_rows": False},
-                                                      "split": {"val": 0.0, "test": 0.0, "seed": args.seed}})
+    api.ingest(str(folder / "train.parquet"), name,
+               {"kind": "table", "table": {"types": types, "drop_duplicate_rows": False},
+                "split": {"val": 0.0, "test": 0.0, "seed": args.seed}})
     shipped = bt.shipped_settings("tvae")
-    config = {"name": "floor", "data": {"dataset": name, "val_split": "train"}, "model": {**shipped["model"], "family": "tvae"},
-              "train": {**shipped["train"], "steps": 1, "batch_size": args.batch_size, "seed": args.seed, "threads": args.threads,
-                        "val_every": 0, "checkpoint_every": 1}}
+    config = {"name": "floor", "data": {"dataset": name, "val_split": "train"},
+              "model": {**shipped["model"], "family": "tvae"},
+              "train": {**shipped["train"], "steps": 1, "batch_size": args.batch_size, "seed": args.seed,
+                        "threads": args.threads, "val_every": 0, "checkpoint_every": 1}}
     model = load_run(api.train(config, console=Console(stderr=True, quiet=True)).id).model("cpu")
     x = model.family.encode(model.config, model.spec, model.fitted, open_dataset(name), "train")["x"][:args.batch_size]
     enc, dec = model.modules["encoder"], model.modules["decoder"]

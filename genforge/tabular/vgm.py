@@ -4,8 +4,9 @@ References: Xu et al. 2019, "Modeling Tabular Data using Conditional GAN" (CTGAN
 
 A continuous column is rarely one Gaussian: a variational Gaussian mixture (the model of sklearn's
 Dirichlet-process `BayesianGaussianMixture`, fitted for all columns at once by `_variational`) finds
-its modes, and each value becomes (alpha, one-hot mode): the mode k drawn from the value's posterior over the modes that can hold it, alpha = (x - mu_k) / (4 sigma_k), clipped to
-[-0.99, 0.99] (the paper's eq. in sec. 4.2). A column that may be missing adds a present/missing
+its modes, and each value becomes (alpha, one-hot mode): the mode k drawn from the value's posterior
+over the modes that can hold it, alpha = (x - mu_k) / (4 sigma_k), clipped to [-0.99, 0.99] (the
+paper's eq. in sec. 4.2). A column that may be missing adds a present/missing
 one-hot; a discrete column is a one-hot of its categories. Spans say where each part lies, so the
 model can put tanh on values and softmax on one-hots.
 
