@@ -219,13 +219,13 @@ def test_mixture_updates_are_sklearns_from_the_same_start():
     k-means clusters: the same means, variances and weights after its 100 rounds."""
     from sklearn.mixture import BayesianGaussianMixture
 
-    from genforge.tabular.vgm import _kmeans, _variational, seeding_uniforms
+    from genforge.tabular.vgm import _kmeans, _variational
 
     rng = np.random.default_rng(0)
     x = np.concatenate([rng.normal(-3, 1, 300), rng.normal(0, .3, 200), rng.normal(4, 2, 500)])
     x = (x - x.mean()) / x.std()
     mask = np.ones((1, len(x)), bool)
-    start = _kmeans(x[None], mask, 6, rng.random((1, seeding_uniforms(6))))
+    start = _kmeans(x[None], mask, 6, rng.random((1, 6)))
 
     class Started(BayesianGaussianMixture):
         def _initialize_parameters(self, X, random_state, xp=None):

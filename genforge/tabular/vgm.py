@@ -81,7 +81,7 @@ def fit_modes(columns: Sequence[tuple[np.ndarray, np.random.Generator]], config:
             out[i] = Modes((float(x[0]) if len(x) else 0.0,), (1.0,), (1.0,))
             continue
         k = min(config.max_modes, distinct)
-        fits.setdefault(k, []).append((i, x, rng.random(seeding_uniforms(k))))
+        fits.setdefault(k, []).append((i, x, rng.random(k)))
     for k, group in fits.items():
         chunk = max(1, CHUNK_VALUES // (k * max(len(x) for _, x, _ in group)))
         for at in range(0, len(group), chunk):
@@ -112,35 +112,24 @@ def _mixtures(x: np.ndarray, mask: np.ndarray, k: int, u: np.ndarray) -> tuple[n
     return _variational(x, mask, _kmeans(x, mask, k, u))
 
 
-def seeding_uniforms(k: int) -> int:
-    """How many uniforms `_kmeans` takes for k clusters: one for the first centre, then sklearn's
-    2 + log(k) candidates for each of the others."""
-    return 1 + (k - 1) * (2 + int(np.log(k)))
-
-
 def _kmeans(x: np.ndarray, mask: np.ndarray, k: int, u: np.ndarray) -> np.ndarray:
-    """Each value's one-hot cluster (C, k, N): greedy k-means++ seeding (Arthur & Vassilvitskii 2007;
-    sklearn's default) from the uniforms u (C, seeding_uniforms(k)), then Lloyd's k-means to
-    convergence. The start decides how many modes survive the Dirichlet process, and TVAE, which
-    samples a column's mode by argmax, gives narrower columns over more, narrower modes: evenly spaced
-    starts kept half again more modes than sklearn on breast cancer; with one candidate per centre
-    instead of sklearn's 2 + log(k), TVAE's median sdmetrics quality there (5 seeds) was 0.830, with
-    the candidates 0.840."""
+    """Each value's one-hot cluster (C, k, N): k-means++ seeding (Arthur & Vassilvitskii 2007) from the
+    uniforms u, then Lloyd's k-means to convergence, as sklearn's default start does, less its greedy
+    trials. The start decides how many modes survive: evenly spaced starts kept half again more
+    modes than sklearn on breast cancer, these about as many. sklearn's greedy trials (2 + log k
+    candidates per centre) were tried: breast cancer TVAE's median quality rose 0.830 -> 0.840 over
+    5 seeds, but penguins TVAE's TSTR fell 0.971 -> 0.855 (3 seeds; benchmarks/results/tables.md,
+    git 40c9b1e), so the start stays plain."""
     m = mask.astype(np.float64)
     n = mask.sum(1)
     x = np.where(mask, x, 0.0)
     rows = np.arange(len(x))
-    trials = 2 + int(np.log(k))
     centers = np.empty((len(x), k))
     centers[:, 0] = x[rows, np.minimum((u[:, 0] * n).astype(np.int64), n - 1)]
     d2 = (x - centers[:, :1]) ** 2 * m
     for j in range(1, k):
         cdf = d2.cumsum(1)
-        draws = u[:, 1 + (j - 1) * trials:1 + j * trials]  # (C, trials): each a value drawn with weight d2
-        picks = np.minimum((cdf[:, None, :] < draws[:, :, None] * cdf[:, None, -1:]).sum(2), n[:, None] - 1)
-        candidates = x[rows[:, None], picks]  # (C, trials)
-        left = np.minimum(d2[:, None, :], (x[:, None, :] - candidates[:, :, None]) ** 2 * m[:, None, :]).sum(2)
-        centers[:, j] = candidates[rows, left.argmin(1)]  # the candidate that leaves the least potential
+        centers[:, j] = x[rows, np.minimum((cdf < u[:, j:j + 1] * cdf[:, -1:]).sum(1), n - 1)]
         d2 = np.minimum(d2, (x - centers[:, j:j + 1]) ** 2 * m)
     for _ in range(300):
         hot = (np.abs(x[:, None, :] - centers[:, :, None]).argmin(1)[:, None, :] == np.arange(k)[None, :, None]) * m[:, None, :]
