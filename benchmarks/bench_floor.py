@@ -46,17 +46,8 @@ def child_floor(args: argparse.Namespace) -> None:
     from genforge.runs import load_run
     torch.set_num_threads(args.threads)
     folder = Path(args.dir)
-    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
-    name = meta["table"].replace("_", "-")
-    types = {c: "categorical" if c in meta["categorical"] else "numeric" for c in meta["columns"]}
-    api.ingest(str(folder / "train.parquet"), name,
-               {"kind": "table", "table": {"types": types, "drop_duplicate_rows": False},
-                "split": {"val": 0.0, "test": 0.0, "seed": args.seed}})
-    shipped = bt.shipped_settings("tvae")
-    config = {"name": "floor", "data": {"dataset": name, "val_split": "train"},
-              "model": {**shipped["model"], "family": "tvae"},
-              "train": {**shipped["train"], "steps": 1, "batch_size": args.batch_size, "seed": args.seed,
-                        "threads": args.threads, "val_every": 0, "checkpoint_every": 1}}
+    name = bt.ingest_train(folder, json.loads((folder / "meta.json").read_text(encoding="utf-8")), args.seed)
+    config = bt.run_config("floor", "tvae", name, 1, args.batch_size, args.seed, args.threads)
     model = load_run(api.train(config, console=Console(stderr=True, quiet=True)).id).model("cpu")
     x = model.family.encode(model.config, model.spec, model.fitted, open_dataset(name), "train")["x"][:args.batch_size]
     enc, dec = model.modules["encoder"], model.modules["decoder"]
@@ -151,9 +142,7 @@ def main() -> None:
     text = "\n".join(lines)
     print("\n" + text)
     if args.write:
-        from genforge.workspace import atomic_write_text
-        old = RESULTS_MD.read_text(encoding="utf-8") if RESULTS_MD.exists() else "# TVAE's floor: genforge, SDV and the bare networks\n\n"
-        atomic_write_text(RESULTS_MD, old + text + "\n")
+        bt.append_text(RESULTS_MD, text + "\n", "# TVAE's floor: genforge, SDV and the bare networks\n\n")
         print(f"written: {RESULTS_MD.relative_to(bt.REPO)}")
 
 

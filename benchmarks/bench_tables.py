@@ -206,6 +206,26 @@ def shipped_settings(model: str) -> dict[str, Any]:
             "train": {k: v for k, v in data.get("train", {}).items() if k not in BENCH_TRAIN_KEYS}}
 
 
+def ingest_train(folder: Path, meta: dict[str, Any], seed: int) -> str:
+    """The split's train rows as a genforge dataset (all of them in train, none dropped as duplicates),
+    with the table's column types; returns the dataset's name."""
+    from genforge import api
+    name = meta["table"].replace("_", "-")
+    types = {c: "categorical" if c in meta["categorical"] else "numeric" for c in meta["columns"]}
+    api.ingest(str(folder / "train.parquet"), name,
+               {"kind": "table", "table": {"types": types, "drop_duplicate_rows": False},
+                "split": {"val": 0.0, "test": 0.0, "seed": seed}})
+    return name
+
+
+def run_config(run: str, model: str, dataset: str, steps: int, batch: int, seed: int, threads: int) -> dict[str, Any]:
+    """genforge's run config for the benchmark: the shipped training settings, the benchmark's budget and batch."""
+    shipped = shipped_settings(model)
+    return {"name": run, "data": {"dataset": dataset, "val_split": "train"}, "model": {**shipped["model"], "family": model},
+            "train": {**shipped["train"], "steps": steps, "batch_size": batch, "seed": seed, "threads": threads,
+                      "val_every": 0, "checkpoint_every": steps}}
+
+
 def child_genforge(args: argparse.Namespace, train: pd.DataFrame, meta: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     import torch
     from rich.console import Console
@@ -218,21 +238,13 @@ def child_genforge(args: argparse.Namespace, train: pd.DataFrame, meta: dict[str
     importlib.import_module(f"genforge.models.{args.model}")  # the family's code, as SDV's synthesizers are imported
     torch.set_num_threads(args.threads)
     import_rss = peak_rss_mb()
-    name, cats = meta["table"], meta["categorical"]
-    types = {c: "categorical" if c in cats else "numeric" for c in train.columns}
 
     t = time.perf_counter()
-    api.ingest(str(Path(args.dir) / "train.parquet"), name.replace("_", "-"),
-               {"kind": "table", "table": {"types": types, "drop_duplicate_rows": False},
-                "split": {"val": 0.0, "test": 0.0, "seed": args.seed}})
+    name = ingest_train(Path(args.dir), meta, args.seed)
     prep_s = time.perf_counter() - t
 
     steps = steps_for(args.model, len(train), args.batch_size, args.epochs)
-    shipped = shipped_settings(args.model)
-    config = {"name": f"bench-{args.model}", "data": {"dataset": name.replace("_", "-"), "val_split": "train"},
-              "model": {**shipped["model"], "family": args.model},
-              "train": {**shipped["train"], "steps": steps, "batch_size": args.batch_size, "seed": args.seed,
-                        "threads": args.threads, "val_every": 0, "checkpoint_every": steps}}
+    config = run_config(f"bench-{args.model}", args.model, name, steps, args.batch_size, args.seed, args.threads)
     t = time.perf_counter()
     run = api.train(config, overrides=args.gf_set or None, console=Console(stderr=True, quiet=True))
     fit_s = time.perf_counter() - t
@@ -240,7 +252,7 @@ def child_genforge(args: argparse.Namespace, train: pd.DataFrame, meta: dict[str
     rows = api.generate(run.id, args.n, seed=args.seed, batch_size=args.n).samples.frame
     sample_s = time.perf_counter() - t
     return rows, {"prep_s": prep_s, "fit_s": fit_s, "sample_s": sample_s, "import_rss_mb": import_rss, "steps": steps,
-                  "config": config, "config_from": shipped["path"], "overrides": args.gf_set}
+                  "config": config, "config_from": shipped_settings(args.model)["path"], "overrides": args.gf_set}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -495,6 +507,13 @@ def machine_info() -> dict[str, Any]:
             "sdv_venv": sdv_versions, "git": git + ("+dirty" if dirty else ""), "load_before": os.getloadavg()}
 
 
+def append_text(path: Path, text: str, header: str = "") -> None:
+    """Add `text` at the end of a results file (started with `header`), written atomically."""
+    from genforge.workspace import atomic_write_text
+    path.parent.mkdir(exist_ok=True)
+    atomic_write_text(path, (path.read_text(encoding="utf-8") if path.exists() else header) + text)
+
+
 def report(info: dict[str, Any], tables: dict[str, Any], args: argparse.Namespace) -> str:
     sv = info["sdv_venv"]
     lines = [f"## genforge vs SDV on tables, {info['date']}", "",
@@ -572,11 +591,8 @@ def main() -> None:
     last.write_text(json.dumps(payload, indent=1, default=str), encoding="utf-8")
     print(f"\njson: {last.relative_to(REPO)}")
     if args.write and not args.quick:
-        from genforge.workspace import atomic_write_text
-        RESULTS_MD.parent.mkdir(exist_ok=True)
-        read = lambda path, empty: path.read_text(encoding="utf-8") if path.exists() else empty  # noqa: E731
-        atomic_write_text(RESULTS_MD, read(RESULTS_MD, "# Tables: genforge against SDV\n\n") + text + "\n")
-        atomic_write_text(RESULTS_JSON, read(RESULTS_JSON, "") + json.dumps(payload, default=str) + "\n")
+        append_text(RESULTS_MD, text + "\n", "# Tables: genforge against SDV\n\n")
+        append_text(RESULTS_JSON, json.dumps(payload, default=str) + "\n")
         print(f"written: {RESULTS_MD.relative_to(REPO)}, {RESULTS_JSON.relative_to(REPO)}")
 
 
