@@ -11,7 +11,7 @@ MLflow keeps the registered models, their versions and the `champion` alias. gen
 Writes that must not interleave (a new version, the alias and its history entry) run under a lock
 made of MLflow itself: creating a registered model is atomic and fails if the name exists, so the
 hidden model `_genforge_lock.<name>` is a mutex that works on the sqlite default and on a team's
-server alike. A lock older than LOCK_TTL_S (its holder died) is broken.
+server alike. A lock older than LOCK_TTL_S (its holder died) is broken, by one waiter at a time.
 
 A version's figures are model-version tags `metric.<key>` (its evaluation's samples row) and
 `reference.<key>` (the real reference row); `record_metrics` adds more later (a human-review score),
@@ -42,6 +42,7 @@ CHAMPION = "champion"
 LOCK_PREFIX = "_genforge_lock."
 LOCK_TTL_S = 120.0
 LOCK_WAIT_S = 120.0
+BREAK_SUFFIX = "#break"  # "#" is in no registered model's name (_check_name), so no lock is named so
 POLICY_TAG = "genforge.policy"
 HISTORY_TAG = "genforge.history."
 EVAL_TAG = "genforge.eval"
@@ -84,19 +85,8 @@ def _mlflow_error(e: Exception) -> str:
 @contextmanager
 def _lock(c: Any, name: str) -> Iterator[None]:
     """Mutual exclusion per registered model, held in the registry's store (see the module's docstring)."""
-    from mlflow.exceptions import MlflowException
-
     lock, deadline = LOCK_PREFIX + name, time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            c.create_registered_model(lock, tags={"owner": who(), "since": str(time.time())},
-                                      description="genforge's registry lock; removed when the operation ends")
-            break
-        except MlflowException as e:
-            # Held by another process. MLflow's sqlite store answers a duplicate name by looking the model up,
-            # which says "not found" when the holder released it in between: that is "try again" too.
-            if _mlflow_error(e) not in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST") and "locked" not in str(e):
-                raise
+    while not _take(c, lock):
         _break_stale(c, lock)
         if time.monotonic() > deadline:
             raise RegistryError(f"the registry lock of {name!r} has been held for over {LOCK_WAIT_S:.0f} s; "
@@ -105,21 +95,63 @@ def _lock(c: Any, name: str) -> Iterator[None]:
     try:
         yield
     finally:
-        try:
-            c.delete_registered_model(lock)
-        except MlflowException:
-            pass  # broken as stale by another process: nothing left to release
+        _release(c, lock)
 
 
-def _break_stale(c: Any, lock: str) -> None:
+def _take(c: Any, lock: str) -> bool:
+    """Create the lock model: False when another process holds it."""
     from mlflow.exceptions import MlflowException
 
     try:
-        since = float(c.get_registered_model(lock).tags.get("since", "0"))
-        if time.time() - since > LOCK_TTL_S:
-            c.delete_registered_model(lock)
+        c.create_registered_model(lock, tags={"owner": who(), "since": str(time.time())},
+                                  description="genforge's registry lock; removed when the operation ends")
+        return True
+    except MlflowException as e:
+        # MLflow's sqlite store answers a duplicate name by looking the model up, which says "not found"
+        # when the holder released it in between: that is "try again" too, as is "database is locked".
+        if _mlflow_error(e) in ("RESOURCE_ALREADY_EXISTS", "RESOURCE_DOES_NOT_EXIST") or "locked" in str(e):
+            return False
+        raise
+
+
+def _release(c: Any, lock: str) -> None:
+    """Delete the lock, retrying sqlite's "database is locked": a release lost to it left the lock to
+    go stale, and every other process waited LOCK_TTL_S for it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        _retry(c.delete_registered_model, lock)
+    except MlflowException as e:
+        if _mlflow_error(e) != "RESOURCE_DOES_NOT_EXIST":
+            raise
+
+
+def _break_stale(c: Any, lock: str) -> None:
+    """Delete a lock whose holder died (older than LOCK_TTL_S), under a second lock `<lock>#break`:
+    two waiters that saw the same stale lock would otherwise both delete "it", the second deleting the
+    lock the first had just taken, and both would hold it: two history entries with one number. A
+    breaker that is itself stale died mid-break and is removed."""
+    if not _stale(c, lock):
+        return
+    breaker = lock + BREAK_SUFFIX
+    if not _take(c, breaker):
+        if _stale(c, breaker):
+            _release(c, breaker)
+        return
+    try:
+        if _stale(c, lock):  # read again under the breaker: not a lock taken since
+            _release(c, lock)
+    finally:
+        _release(c, breaker)
+
+
+def _stale(c: Any, lock: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return time.time() - float(c.get_registered_model(lock).tags.get("since", "0")) > LOCK_TTL_S
     except (MlflowException, ValueError):
-        pass  # released meanwhile
+        return False  # released meanwhile
 
 
 def _retry(fn, *args, **kwargs):

@@ -182,6 +182,54 @@ def test_eight_processes_registering_and_promoting_at_once_leave_the_registry_co
     assert not any(m["name"].startswith(registry.LOCK_PREFIX) for m in registry.models())  # every lock released
 
 
+
+def _locks(c) -> set[str]:
+    return {m.name for m in c.search_registered_models(max_results=1000) if m.name.startswith(registry.LOCK_PREFIX)}
+
+
+def test_a_dead_holders_lock_is_broken_by_one_waiter_at_a_time(ws):
+    from genforge.tracking import client
+    c, lock = client(), registry.LOCK_PREFIX + "digits-vae"
+    breaker, dead = lock + registry.BREAK_SUFFIX, str(time.time() - registry.LOCK_TTL_S - 1)
+    registry.register(ws["good"])
+    c.create_registered_model(lock, tags={"owner": "gone@host", "since": dead})
+    registry.promote("digits-vae", 1)  # waits, breaks the dead lock, takes its own, releases it
+    assert registry.champion("digits-vae").version == "1" and _locks(c) == set()
+    c.create_registered_model(lock, tags={"owner": "gone@host", "since": dead})
+    c.create_registered_model(breaker, tags={"owner": "other@host", "since": str(time.time())})
+    registry._break_stale(c, lock)  # another waiter is breaking it: leave it to that one
+    assert _locks(c) == {lock, breaker}
+    c.set_registered_model_tag(breaker, "since", dead)  # ...and that one died mid-break
+    registry._break_stale(c, lock)
+    assert _locks(c) == {lock}
+    registry._break_stale(c, lock)
+    assert _locks(c) == set()
+
+
+def test_a_release_that_meets_a_locked_database_is_retried(ws):
+    from mlflow.exceptions import MlflowException
+
+    from genforge.tracking import client
+
+    class Busy:  # the client, but the first delete answers what a busy sqlite answers
+        def __init__(self, c):
+            self.c, self.failed = c, 0
+
+        def __getattr__(self, k):
+            return getattr(self.c, k)
+
+        def delete_registered_model(self, name):
+            if not self.failed:
+                self.failed += 1
+                raise MlflowException("(sqlite3.OperationalError) database is locked")
+            return self.c.delete_registered_model(name)
+
+    c = Busy(client())
+    with registry._lock(c, "digits-vae"):
+        assert _locks(c) == {registry.LOCK_PREFIX + "digits-vae"}
+    assert c.failed == 1 and _locks(c) == set()
+
+
 def _version(metrics, evaluation=None, v="2"):
     return Version("m", v, "run", metrics, {}, evaluation if evaluation is not None else {"dataset": "d", "options": {"n": 1}},
                    (), "src")
