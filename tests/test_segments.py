@@ -12,21 +12,26 @@ SPANS = [(0, 1, False), (1, 3, True), (4, 1, False), (5, 2, True), (7, 3, True),
 WIDTH = 59
 
 
-def _rows(n: int = 6) -> torch.Tensor:
-    return torch.randn(n, WIDTH, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 40
+def _rows(n: int = 6, scale: float = 40.0) -> torch.Tensor:
+    return torch.randn(n, WIDTH, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * scale
 
 
-def test_grouped_log_softmax_is_each_spans_own():
-    seg, x = Segments(SPANS, WIDTH).double(), _rows()
+@pytest.mark.parametrize("scale", [3.0, 40.0])
+def test_grouped_log_softmax_and_softmax_are_each_spans_own(scale):
+    seg, x = Segments(SPANS, WIDTH).double(), _rows(scale=scale)
     g = seg.group(x)
     assert torch.equal(g[:, :seg.n_values], x[:, [0, 4, 56]])
     assert [(c, s) for _, c, s in seg.groups] == [(2, 2), (2, 3), (1, 46)]
-    logp = seg.log_softmax(g)
-    assert logp.shape == (6, WIDTH - 3)
+    # logits 3 apart: the row-wide maximum and the span matrix; 40 apart: a span's sum would underflow
+    # from the row's maximum, and each span's own maximum is taken instead
+    assert (seg.span_sums(g[:, seg.n_values:]) is None) == (scale > 10)
+    logp, p = seg.log_softmax(g), seg.softmax(g[:, seg.n_values:])
+    assert logp.shape == p.shape == (6, WIDTH - 3)
     for start, size, hot in SPANS:
-        if hot:  # logits 40 apart: a row-wide maximum would underflow; each span's own does not
+        if hot:
             at = seg.onehot_position(torch.arange(start, start + size))
             assert torch.allclose(logp[:, at], torch.log_softmax(x[:, start:start + size], -1))
+            assert torch.allclose(p[:, at], torch.softmax(x[:, start:start + size], -1))
 
 
 def test_gumbel_softmax_gives_a_distribution_per_span_and_follows_the_seed():
@@ -52,3 +57,34 @@ def test_the_permutation_sends_gradients_back_to_their_columns():
 def test_spans_must_cover_the_row():
     with pytest.raises(ValueError, match="do not tile"):
         Segments(SPANS[:-1], WIDTH)
+
+
+def test_tvae_loss_and_its_hand_written_gradient_are_the_formula_autograd_differentiates():
+    from genforge.models.tvae import _Loss
+    seg, q = Segments(SPANS, WIDTH).double(), torch.Generator().manual_seed(1)
+    x = torch.zeros(8, WIDTH, dtype=torch.float64)
+    for start, size, hot in SPANS:  # real rows: values in (-1, 1), each one-hot span exactly one option
+        if hot:
+            x[torch.arange(8), start + torch.randint(size, (8,), generator=q)] = 1.0
+        else:
+            x[:, start] = torch.rand(8, generator=q, dtype=torch.float64) * 2 - 1
+    x = seg.group(x)
+    leaves = [torch.randn(8, WIDTH, generator=q, dtype=torch.float64) * 3,  # recon
+              torch.rand(WIDTH, generator=q, dtype=torch.float64) * 0.9 + 0.05,  # sigma
+              torch.randn(8, 4, generator=q, dtype=torch.float64), torch.randn(8, 4, generator=q, dtype=torch.float64)]
+    mine = [t.clone().requires_grad_(True) for t in leaves]
+    ref = [t.clone().requires_grad_(True) for t in leaves]
+    recon, kl = _Loss.apply(x, *mine[:2], *mine[2:], seg)
+    (2 * recon + 3 * kl).backward()
+    r, s, mu, logvar = ref
+    v, n = seg.n_values, len(x)
+    sig = s[seg.values]
+    values = ((x[:, :v] - torch.tanh(r[:, :v])) ** 2 / 2 / sig ** 2).sum() + torch.log(sig).sum() * n
+    onehot = -(x[:, v:] * seg.log_softmax(r)).sum()
+    recon_ref, kl_ref = (values + onehot) / n, -0.5 * torch.sum(1 + logvar - mu ** 2 - logvar.exp()) / n
+    (2 * recon_ref + 3 * kl_ref).backward()
+    assert torch.allclose(recon, recon_ref) and torch.allclose(kl, kl_ref)
+    for a, b in zip(mine, ref):
+        assert torch.allclose(a.grad, b.grad)
+    unused = torch.ones(WIDTH, dtype=torch.bool).index_fill_(0, seg.values, False)  # one-hot columns' sigma
+    assert mine[1].grad[unused].abs().sum() == 0 and mine[1].grad[seg.values].abs().min() > 0
