@@ -10,6 +10,8 @@ from genforge.distributed import Processes
 from genforge.errors import ConfigError, DataError
 from genforge.models import Batch
 
+EPOCH_BLOCK = 64
+
 
 def stream_seed(seed: int, *parts: int) -> int:
     """A well-mixed 63-bit seed for a sub-stream (a process, an epoch) of the run's seed."""
@@ -42,15 +44,26 @@ class RowData:
         self.local = batch_size // procs.world
         self.offset = procs.rank * self.local
         self._epoch, self._perm = -1, torch.empty(0)
+        self._block, self._seeds = -1, np.empty(0, np.uint64)
 
     def position(self, step: int) -> dict[str, int]:
         epoch, index = divmod(step, self.steps_per_epoch)
         return {"epoch": epoch, "batch": index, "batches_per_epoch": self.steps_per_epoch, "batch_size": self.batch_size}
 
+    def _permutation(self, epoch: int) -> torch.Tensor:
+        """Epoch e's order, from the e-th of a block of EPOCH_BLOCK seeds drawn in one call: a small
+        table starts an epoch every step, and a seed sequence and numpy permutation per epoch made a
+        batch cost 431 us between two TVAE steps on penguins (7 ms each); so, 177 us."""
+        block, j = divmod(epoch, EPOCH_BLOCK)
+        if block != self._block:
+            self._block = block
+            self._seeds = np.random.SeedSequence([self.seed, 1, block]).generate_state(EPOCH_BLOCK, np.uint64) >> 1
+        perm = torch.randperm(self.rows, generator=torch.Generator().manual_seed(int(self._seeds[j])))
+        return perm.to(next(iter(self.tensors.values())).device)
+
     def batch(self, step: int) -> Batch:
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
-            perm = np.random.default_rng(stream_seed(self.seed, 1, epoch)).permutation(self.rows)
-            self._epoch, self._perm = epoch, torch.from_numpy(perm).to(next(iter(self.tensors.values())).device)
+            self._epoch, self._perm = epoch, self._permutation(epoch)
         idx = self._perm[i * self.batch_size + self.offset:][:self.local]
         return {k: v.index_select(0, idx) for k, v in self.tensors.items()}  # a third of v[idx]'s time on CPU

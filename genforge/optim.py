@@ -40,7 +40,10 @@ class Optimizers:
             loss.backward(inputs=params)
         if self.sync_world > 1:
             self._all_reduce(params)
-        norm = torch.nn.utils.get_total_norm([p.grad for p in params if p.grad is not None], foreach=True)
+        grads = [p.grad for p in params if p.grad is not None]
+        # get_total_norm's product, less its grouping by device and dtype (one optimizer has one of each):
+        # 136 against 224 us between two TVAE steps on penguins
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else torch.zeros(())
         if self.max_norm < math.inf:  # without clipping, the norm is only logged: no rescale of every gradient by 1
             torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, norm, foreach=True)
         self.grad_norms[name] = norm.detach()
