@@ -1,17 +1,22 @@
-"""How fast can a TVAE fit be on a small table? The least time eager fp32 PyTorch needs for the
-fit's arithmetic, beside genforge's and SDV's whole fits (issue 15's 2x target on penguins).
+"""How fast can a TVAE or CTGAN fit be on a small table? The least time eager fp32 PyTorch needs for
+the fit's arithmetic, beside genforge's and SDV's whole fits (issue 15's 2x target on penguins).
 
-    .venv/bin/python benchmarks/bench_floor.py --table penguins --repeats 5 [--write]
+    .venv/bin/python benchmarks/bench_floor.py --table penguins --model tvae --repeats 5 [--write]
 
 Three contenders, each in a fresh process, alternating within each repeat:
 - genforge and SDV: `bench_tables.py`'s own children (the same split, epochs, batch and threads);
   only their fit seconds are used here.
-- floor: the networks genforge builds for the table (TVAE's encoder and decoder, the same layer
-  sizes), on the encoded train rows already in one tensor, for genforge's number of steps: the
-  encoder, the reparameterisation, the decoder, a loss that reads every output (sum of squares plus
-  the KL), backward, and one fused Adam update. No data pipeline, loss spans, logging, schedule,
-  gradient norm or checkpoint: every TVAE implementation in eager PyTorch does at least this much
-  work per step, so its time bounds any such fit from below.
+- floor: the networks genforge builds for the table (the same layer sizes), on the encoded train
+  rows already in one tensor, for genforge's number of steps, with one fused Adam update per network
+  and step and no data pipeline, loss spans, logging, schedule, gradient norm or checkpoint:
+  - TVAE: the encoder, the reparameterisation, the decoder, a loss that reads every output (sum of
+    squares plus the KL), backward.
+  - CTGAN: one critic step (the generator's fakes without gradient, tanh on every output, the critic
+    on reals and fakes and on their interpolates, WGAN-GP's penalty by a double backward) and one
+    generator step (the critic on fresh fakes, backward through both), with fixed conditional
+    vectors: no training-by-sampling, no span softmax, no conditional loss.
+  Every implementation of the model in eager PyTorch does at least this much work per step, so its
+  time bounds any such fit from below.
 
 If the floor alone takes more than half of SDV's fit, no eager fp32 implementation of the same
 networks can fit 2x faster than SDV on that table; the report says so, and what is reachable.
@@ -47,27 +52,67 @@ def child_floor(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     folder = Path(args.dir)
     name = bt.ingest_train(folder, json.loads((folder / "meta.json").read_text(encoding="utf-8")), args.seed)
-    config = bt.run_config("floor", "tvae", name, 1, args.batch_size, args.seed, args.threads)
+    config = bt.run_config("floor", args.model, name, 1, args.batch_size, args.seed, args.threads)
     model = load_run(api.train(config, console=Console(stderr=True, quiet=True)).id).model("cpu")
     x = model.family.encode(model.config, model.spec, model.fitted, open_dataset(name), "train")["x"][:args.batch_size]
-    enc, dec = model.modules["encoder"], model.modules["decoder"]
-    params = [p for m in (enc, dec) for p in m.parameters()]
-    for m in (enc, dec):
+    for m in model.modules.values():
         m.train().requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=1e-3, fused=True)
     torch.manual_seed(args.seed)
+    step = (_tvae_step if args.model == "tvae" else _ctgan_step)(model.modules, x)
     t = time.perf_counter()
     for _ in range(args.steps):
-        mu, logvar = enc(x)
-        out = dec(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar))
-        loss = out.square().mean() - 0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(1).mean()
-        for p in params:
-            p.grad = None
-        loss.backward()
-        opt.step()
+        step()
     fit_s = time.perf_counter() - t
     print(json.dumps({"fit_s": fit_s, "steps": args.steps, "rows": len(x), "width": x.shape[1],
-                      "layers": [tuple(p.shape) for p in params if p.dim() == 2]}))
+                      "layers": [tuple(p.shape) for m in model.modules.values() for p in m.parameters() if p.dim() == 2]}))
+
+
+def _adam(module) -> tuple[list, object]:
+    import torch
+    params = list(module.parameters())
+    return params, torch.optim.AdamW(params, lr=1e-3, fused=True)
+
+
+def _update(params: list, opt, loss) -> None:
+    for p in params:
+        p.grad = None
+    loss.backward(inputs=params)
+    opt.step()
+
+
+def _tvae_step(modules: dict, x):
+    import torch
+    enc, dec = modules["encoder"], modules["decoder"]
+    params, opt = _adam(torch.nn.ModuleList([enc, dec]))
+
+    def step() -> None:
+        mu, logvar = enc(x)
+        out = dec(mu + torch.randn_like(mu) * torch.exp(0.5 * logvar))
+        _update(params, opt, out.square().mean() - 0.5 * (1 + logvar - mu ** 2 - logvar.exp()).sum(1).mean())
+    return step
+
+
+def _ctgan_step(modules: dict, x):
+    import torch
+    g, d = modules["generator"], modules["discriminator"]
+    (g_params, g_opt), (d_params, d_opt) = _adam(g), _adam(d)
+    n, groups = len(x), len(x) // d.pac
+    c = torch.zeros(n, g.cond.dim)
+    if g.cond.dim:
+        c[torch.arange(n), torch.randint(g.cond.dim, (n,))] = 1.0
+    real = torch.cat([x, c], 1)
+
+    def step() -> None:
+        with torch.no_grad():
+            fake = torch.cat([torch.tanh(g(torch.randn(n, g.z_dim), c)), c], 1)
+        alpha = torch.rand(groups, 1, 1).expand(groups, d.pac, real.shape[1]).reshape(real.shape)
+        mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)
+        out, d_mixed = d(torch.cat([real, fake])), d(mixed)
+        (grad,) = torch.autograd.grad(d_mixed.sum(), mixed, create_graph=True)
+        gp = ((grad.reshape(groups, -1).norm(2, dim=1) - 1) ** 2).mean()
+        _update(d_params, d_opt, out[groups:].mean() - out[:groups].mean() + 10 * gp)
+        _update(g_params, g_opt, -d(torch.cat([torch.tanh(g(torch.randn(n, g.z_dim), c)), c], 1)).mean())
+    return step
 
 
 def run_floor(args: argparse.Namespace, folder: Path, batch: int, steps: int, seed: int) -> dict:
@@ -75,7 +120,7 @@ def run_floor(args: argparse.Namespace, folder: Path, batch: int, steps: int, se
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
     env = {**os.environ, "GENFORGE_HOME": str(home), "GENFORGE_TRACKING": "off", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, __file__, "--child-floor", "--dir", str(folder), "--batch-size", str(batch),
+    cmd = [sys.executable, __file__, "--child-floor", "--model", args.model, "--dir", str(folder), "--batch-size", str(batch),
            "--steps", str(steps), "--threads", str(args.threads), "--seed", str(seed)]
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=bt.REPO)
@@ -89,6 +134,7 @@ def run_floor(args: argparse.Namespace, folder: Path, batch: int, steps: int, se
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--table", default="penguins", choices=bt.TABLES)
+    p.add_argument("--model", default="tvae", choices=("tvae", "ctgan"))
     p.add_argument("--epochs", type=int, default=300)
     p.add_argument("--batch", type=int, default=500, help="the batch limit, as bench_tables.py's --batch")
     p.add_argument("--repeats", type=int, default=5)
@@ -109,8 +155,8 @@ def main() -> None:
     meta = bt.prepare(args.table, args.seed, 0.2)
     folder = bt.OUT / "run" / args.table
     rows = meta["train_rows"]
-    batch = bt.batch_for("tvae", rows, args.batch)
-    steps = bt.steps_for("tvae", rows, batch, args.epochs)
+    batch = bt.batch_for(args.model, rows, args.batch)
+    steps = bt.steps_for(args.model, rows, batch, args.epochs)
     n = max(rows, 1000)
     ns = argparse.Namespace(epochs=args.epochs, threads=args.threads, gf_set=[], child_timeout=None, keep=False)
     fits: dict[str, list[float]] = {"floor": [], "genforge": [], "sdv": []}
@@ -118,14 +164,14 @@ def main() -> None:
         seed = args.seed + repeat
         for contender in fits:
             r = run_floor(args, folder, batch, steps, seed) if contender == "floor" else \
-                bt.run_contender(ns, contender, "tvae", folder, meta, batch, n, seed)
+                bt.run_contender(ns, contender, args.model, folder, meta, batch, n, seed)
             if "error" in r:
                 sys.exit(f"{contender} (seed {seed}) failed:\n{r['error']}")
             fits[contender].append(r["fit_s"])
             print(f"  {contender} (seed {seed}): fit {r['fit_s']:.2f} s", flush=True)
     med = {k: float(np.median(v)) for k, v in fits.items()}
     span = lambda k: f"{min(fits[k]):.2f}-{max(fits[k]):.2f}"  # noqa: E731
-    lines = [f"## TVAE's eager-PyTorch floor on {args.table}, {info['date']}", "",
+    lines = [f"## {args.model.upper()}'s eager-PyTorch floor on {args.table}, {info['date']}", "",
              f"Command: `{' '.join(['.venv/bin/python', 'benchmarks/bench_floor.py', *sys.argv[1:]])}`", "",
              f"Machine: {info['cpu']}, {info['cores']} cores, {args.threads} threads per contender; flags: {info['flags']}; "
              f"genforge git {info['git']}, torch {info['genforge']['torch']}; SDV {info['sdv_venv'].get('sdv', '-')}.", "",
@@ -137,12 +183,12 @@ def main() -> None:
     half = med["sdv"] / 2
     lines += ["", f"2x SDV means a fit of at most {half:.2f} s. The floor alone takes {med['floor']:.2f} s "
                   f"({med['floor'] / half:.0%} of that); genforge spends {med['genforge'] - med['floor']:.2f} s beyond the "
-                  f"floor (its table transformer, data, loss spans, logging, checkpoint). The most any eager fp32 "
+                  f"floor (its table transformer, data, conditions, loss spans, logging, checkpoint). The most any eager fp32 "
                   f"implementation of these networks can reach here is {med['sdv'] / med['floor']:.2f}x.", ""]
     text = "\n".join(lines)
     print("\n" + text)
     if args.write:
-        bt.append_text(RESULTS_MD, text + "\n", "# TVAE's floor: genforge, SDV and the bare networks\n\n")
+        bt.append_text(RESULTS_MD, text + "\n", "# TVAE's and CTGAN's floors: genforge, SDV and the bare networks\n\n")
         print(f"written: {RESULTS_MD.relative_to(bt.REPO)}")
 
 
