@@ -285,8 +285,7 @@ class _Loop:
         self.per_row = s.spec.block_size if s.spec.kind == "text" else 1  # a text row is block_size tokens
         tc = self.tc
         self.total_steps = tc.steps or (tc.epochs * s.data.steps_per_epoch if tc.epochs else None)
-        self.keys: tuple[str, ...] = ()  # the scalars train_step returns, the same every step
-        self.sums: torch.Tensor | None = None  # their sums over the log interval, in float64
+        self.sums: dict[str, torch.Tensor] = {}
         self.count, self.last_log_t, self.last = 0, time.perf_counter(), {}
         self.t0 = time.perf_counter()
         self.clock = torch.zeros((), dtype=torch.float64)
@@ -329,7 +328,8 @@ class _Loop:
     def log(self, secs: float) -> None:
         """Means over the interval (all processes), the NaN guard and the family's health check."""
         s, headline = self.s, self.s.family.HEADLINE
-        keys, vals = self.keys, self.sums / self.count
+        keys = list(self.sums)
+        vals = torch.stack([self.sums[k] for k in keys]) / self.count
         if self.procs.world > 1:
             dist.all_reduce(vals)
             vals /= self.procs.world
@@ -339,7 +339,7 @@ class _Loop:
         rec = {"step": self.step, "split": "train", "time_s": round(secs, 3), **window,
                **({"lr": next(iter(lrs.values()))} if len(lrs) == 1 else {f"lr_{k}": v for k, v in lrs.items()}),
                "items_per_s": self.count * self.tc.batch_size * self.per_row / max(now - self.last_log_t, 1e-9)}
-        self.sums, self.count, self.last_log_t, self.last = None, 0, now, rec
+        self.sums, self.count, self.last_log_t, self.last = {}, 0, now, rec
         bad = [k for k, v in window.items() if not math.isfinite(v)]
         if bad:  # raised before any checkpoint of these weights is written: the last good one stays
             good = latest_checkpoint(s.run_dir / "checkpoints", lambda m: None)
@@ -418,14 +418,8 @@ class _Loop:
             s.ema.update(self.step)
         norms, single = s.opt.grad_norms, len(s.opt.optimizers) == 1  # named by the declared optimizers
         out.update({"grad_norm" if single else f"grad_norm_{k}": v for k, v in norms.items()})
-        vals = torch.stack(list(out.values()))  # one sum for all: a small table's step is launch-bound
-        if self.sums is None:
-            self.keys, self.sums = tuple(out), vals.double()
-        elif tuple(out) != self.keys:
-            raise ModelError(f"{s.config.model.family}'s train_step returned {sorted(out)} after {sorted(self.keys)}: "
-                             "a family returns the same scalars every step")
-        else:
-            self.sums.add_(vals)
+        for k, v in out.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.double()
         self.count += 1
 
     def run(self) -> Path:

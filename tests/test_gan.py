@@ -255,6 +255,20 @@ def test_train_end_to_end_then_resume_bitwise(data):
     assert [(m["step"], m["split"]) for m in load_run(crashed).metrics()] == [(m["step"], m["split"]) for m in run.metrics()]
 
 
+
+def test_a_run_resumed_between_generator_steps_goes_on(data):
+    """Resumed at step 3 with n_critic 2, the first step updates only the critic: the generator's
+    gradient norm appears a step later, and the trainer's logged sums take it (a version that fixed
+    the logged scalars at the first step refused this run)."""
+    full = train(run_config({"n_critic": 2}, checkpoint_every=3, keep_checkpoints=4))
+    crashed = crashed_copy(full, "tiny-odd", keep_until=3)
+    train(run_config({"n_critic": 2}, checkpoint_every=3, keep_checkpoints=4), resume=True, run="tiny-odd")
+    run = load_run(crashed)
+    assert run.info["status"] == "completed" and run.info["step"] == 12
+    assert [r["at_step"] for r in run.info["resumes"]] == [3]
+    assert all("grad_norm_generator" in m for m in run.metrics() if m["split"] == "train")
+
+
 def test_health_warns_when_the_discriminator_wins_outright():
     cfg = config(d_win_steps=50)
     assert fam.health(cfg, {"d_win_streak": 49.9, "d_loss": 0.0}) is None
