@@ -28,6 +28,7 @@ class Optimizers:
         self.sync_world = sync_world
         self.grad_norms: dict[str, torch.Tensor] = {}
         self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in optimizers.items()}
+        self.direct = {name for name, opt in optimizers.items() if steps_directly(opt)}
 
     def step(self, name: str, loss: torch.Tensor) -> None:
         opt = self.optimizers[name]
@@ -47,7 +48,10 @@ class Optimizers:
         if self.max_norm < math.inf:  # without clipping, the norm is only logged: no rescale of every gradient by 1
             torch.nn.utils.clip_grads_with_norm_(params, self.max_norm, norm, foreach=True)
         self.grad_norms[name] = norm.detach()
-        opt.step()
+        if name in self.direct:
+            fused_adamw_step(opt)
+        else:
+            opt.step()
 
     def _all_reduce(self, params: list[torch.Tensor]) -> None:
         for p in params:  # a parameter this loss did not reach counts as a zero gradient on every process
@@ -65,6 +69,41 @@ class Optimizers:
         for name, opt in self.optimizers.items():
             for group, base in zip(opt.param_groups, self.base_lrs[name]):
                 group["lr"] = base * factor
+
+
+def steps_directly(opt: torch.optim.Optimizer) -> bool:
+    """Whether `fused_adamw_step` can take this optimizer's step: a fused AdamW without the options
+    its kernel call there leaves out, one device and dtype per parameter group."""
+    return type(opt) is torch.optim.AdamW and all(
+        g["fused"] and not (g["amsgrad"] or g["maximize"] or g["capturable"] or g["differentiable"])
+        and len({(p.device, p.dtype) for p in g["params"]}) == 1 for g in opt.param_groups)
+
+
+def fused_adamw_step(opt: torch.optim.AdamW) -> None:
+    """`opt.step()` for a fused AdamW: torch's own kernel on torch's own state, one call per group.
+
+    torch's `step` spends most of a small network's update in Python: its hooks and profiler scope,
+    `_init_group`'s checks and the grouping of every tensor by device and dtype on each call. For
+    TVAE's 15 tensors in 2 groups (one thread, 2-core Xeon) it took 474 us a step, the same kernel
+    called directly 278 us. The state (`step`, `exp_avg`, `exp_avg_sq`) is what torch initialises and
+    keeps, so `state_dict`, checkpoints and resume are unchanged; a test holds the two steps equal."""
+    for group in opt.param_groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            continue
+        states = [opt.state[p] for p in params]
+        for p, state in zip(params, states):
+            if not state:  # torch's lazy initialisation for a fused group
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        steps = [s["step"] for s in states]
+        torch._foreach_add_(steps, 1)
+        beta1, beta2 = group["betas"]
+        torch._fused_adamw_(params, [p.grad for p in params], [s["exp_avg"] for s in states],
+                            [s["exp_avg_sq"] for s in states], [], steps, lr=group["lr"], beta1=beta1,
+                            beta2=beta2, weight_decay=group["weight_decay"], eps=group["eps"], amsgrad=False,
+                            maximize=False)
 
 
 def make_optimizers(family: Family, config: RunConfig, modules: dict[str, nn.Module],
