@@ -59,7 +59,9 @@ def test_spans_must_cover_the_row():
         Segments(SPANS[:-1], WIDTH)
 
 
-def test_tvae_loss_and_its_hand_written_gradient_are_the_formula_autograd_differentiates():
+@pytest.mark.parametrize("scale", [3.0, 40.0])
+def test_tvae_loss_and_its_hand_written_gradient_are_the_formula_autograd_differentiates(scale):
+    """On both paths: the span sums (logits 3 apart), and each span's own log-softmax (40 apart)."""
     from genforge.models.tvae import _Loss
     seg, q = Segments(SPANS, WIDTH).double(), torch.Generator().manual_seed(1)
     x = torch.zeros(8, WIDTH, dtype=torch.float64)
@@ -69,11 +71,12 @@ def test_tvae_loss_and_its_hand_written_gradient_are_the_formula_autograd_differ
         else:
             x[:, start] = torch.rand(8, generator=q, dtype=torch.float64) * 2 - 1
     x = seg.group(x)
-    leaves = [torch.randn(8, WIDTH, generator=q, dtype=torch.float64) * 3,  # recon
+    leaves = [torch.randn(8, WIDTH, generator=q, dtype=torch.float64) * scale,  # recon
               torch.rand(WIDTH, generator=q, dtype=torch.float64) * 0.9 + 0.05,  # sigma
               torch.randn(8, 4, generator=q, dtype=torch.float64), torch.randn(8, 4, generator=q, dtype=torch.float64)]
     mine = [t.clone().requires_grad_(True) for t in leaves]
     ref = [t.clone().requires_grad_(True) for t in leaves]
+    assert (seg.span_sums(leaves[0][:, seg.n_values:]) is None) == (scale > 10)
     recon, kl = _Loss.apply(x, *mine[:2], *mine[2:], seg)
     (2 * recon + 3 * kl).backward()
     r, s, mu, logvar = ref
@@ -88,3 +91,16 @@ def test_tvae_loss_and_its_hand_written_gradient_are_the_formula_autograd_differ
         assert torch.allclose(a.grad, b.grad)
     unused = torch.ones(WIDTH, dtype=torch.bool).index_fill_(0, seg.values, False)  # one-hot columns' sigma
     assert mine[1].grad[unused].abs().sum() == 0 and mine[1].grad[seg.values].abs().min() > 0
+
+
+def test_a_layer_with_grouped_rows_computes_the_grouped_output_and_its_gradients():
+    seg, q = Segments(SPANS, WIDTH).double(), torch.Generator().manual_seed(2)
+    layers = [torch.nn.Linear(5, WIDTH).double() for _ in range(2)]
+    layers[1].load_state_dict(layers[0].state_dict())
+    h, w = torch.randn(4, 5, generator=q, dtype=torch.float64), torch.randn(4, WIDTH, generator=q, dtype=torch.float64)
+    grouped = torch.nn.functional.linear(h, seg.group_rows(layers[0].weight), seg.group_rows(layers[0].bias))
+    assert torch.allclose(grouped, seg.group(layers[1](h)))
+    (grouped * w).sum().backward()
+    (seg.group(layers[1](h)) * w).sum().backward()
+    assert torch.allclose(layers[0].weight.grad, layers[1].weight.grad)
+    assert torch.allclose(layers[0].bias.grad, layers[1].bias.grad)

@@ -35,17 +35,19 @@ if TYPE_CHECKING:
 
 
 class _Permute(torch.autograd.Function):
-    """x[:, order], with the gradient put back by the inverse order (a gather, not a scatter-add)."""
+    """x.index_select(dim, order), with the gradient put back by the inverse order (a gather, not a
+    scatter-add)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, order: torch.Tensor, inverse: torch.Tensor, dim: int) -> torch.Tensor:
         ctx.save_for_backward(inverse)
-        return x.index_select(1, order)
+        ctx.dim = dim
+        return x.index_select(dim, order)
 
     @staticmethod
     def backward(ctx, g: torch.Tensor):
         (inverse,) = ctx.saved_tensors
-        return g.index_select(1, inverse), None, None
+        return g.index_select(ctx.dim, inverse), None, None, None
 
 
 class Segments(nn.Module):
@@ -75,7 +77,7 @@ class Segments(nn.Module):
         self.register_buffer("order", torch.tensor(order, dtype=torch.long), persistent=False)
         self.register_buffer("inverse", torch.argsort(self.order), persistent=False)
         self.register_buffer("values", torch.tensor(values, dtype=torch.long), persistent=False)
-        self.n_values, self.width = len(values), width
+        self.n_values, self.width, self.n_spans = len(values), width, first
 
     @classmethod
     def of(cls, transformer: "TableTransformer") -> "Segments":
@@ -88,18 +90,29 @@ class Segments(nn.Module):
 
     def group(self, x: torch.Tensor) -> torch.Tensor:
         """(B, width) in the transformer's order -> grouped order."""
-        return _Permute.apply(x, self.order, self.inverse)
+        return _Permute.apply(x, self.order, self.inverse, 1)
+
+    def group_rows(self, w: torch.Tensor) -> torch.Tensor:
+        """A layer's (width, ...) weight or (width,) bias with its output rows in grouped order: the
+        layer then computes grouped rows itself, with a gather of its weight in place of one of its
+        (B, width) output, forward and backward."""
+        return _Permute.apply(w, self.order, self.inverse, 0)
 
     def span_sums(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """(m, e, z) for the one-hot part `y` (fp32): m each row's largest logit, e = exp(y - m), z each
-        span's sum of e, by one product with the 0/1 `member` matrix; None when a span's sum underflows
-        (its logits lie some 70 below the row's largest), where only the per-span maximum of `_each`
-        is exact. On 500 rows of txhousing-like spans (134 one-hot columns in 15 spans), TVAE's one-hot
-        cross-entropy and its gradient took 2,440 us through `_each` and autograd, 450 us so."""
-        m = y.detach().amax(1, keepdim=True)
-        e = (y - m).exp()
+        """(shifted, e, z) for the one-hot part `y` (fp32): shifted = y less each row's largest logit,
+        e = exp(shifted), z each span's sum of e, by one product with the 0/1 `member` matrix; None when
+        a span's sum underflows (its logits lie some 70 below the row's largest), where only the
+        per-span maximum of `_each` is exact. On 500 rows of txhousing-like spans (134 one-hot columns
+        in 15 spans), TVAE's one-hot cross-entropy and its gradient took 2,440 us through `_each` and
+        autograd, 450 us so."""
+        shifted = y - y.detach().amax(1, keepdim=True)
+        e = shifted.exp()
         z = e @ self.member
-        return None if bool(z.detach().min() < 1e-30) else (m, e, z)
+        return None if bool(z.detach().min() < 1e-30) else (shifted, e, z)
+
+    def spread(self, z: torch.Tensor) -> torch.Tensor:
+        """(B, spans) -> (B, one-hot columns): each span's value on each of its columns."""
+        return z @ self.member.t()
 
     def _each(self, y: torch.Tensor, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
         """fn(view, dim) over each span's options in every group of the one-hot part `y`: dimension 1 of
@@ -116,8 +129,8 @@ class Segments(nn.Module):
             sums = self.span_sums(y)
             if sums is None:
                 return self._each(y, torch.log_softmax)
-            m, _, z = sums
-            return y - m - z.log() @ self.member.t()
+            shifted, _, z = sums
+            return shifted - self.spread(z.log())
 
     def softmax(self, y: torch.Tensor) -> torch.Tensor:
         """Probabilities within each span of the one-hot part `y`, in the dtype of `member`."""
@@ -127,7 +140,7 @@ class Segments(nn.Module):
             if sums is None:
                 return self._each(y, torch.softmax)
             _, e, z = sums
-            return e / (z @ self.member.t())
+            return e / self.spread(z)
 
     def gumbel_softmax(self, x: torch.Tensor, tau: float) -> torch.Tensor:
         """The relaxed one-hot draw of every span (Jang et al. 2017): softmax((logits + Gumbel) / tau)."""
