@@ -285,7 +285,7 @@ class _Loop:
         self.per_row = s.spec.block_size if s.spec.kind == "text" else 1  # a text row is block_size tokens
         tc = self.tc
         self.total_steps = tc.steps or (tc.epochs * s.data.steps_per_epoch if tc.epochs else None)
-        self.sums: dict[str, torch.Tensor] = {}
+        self.sums: dict[str, list[torch.Tensor]] = {}  # each scalar's values over the log interval
         self.count, self.last_log_t, self.last = 0, time.perf_counter(), {}
         self.t0 = time.perf_counter()
         self.clock = torch.zeros((), dtype=torch.float64)
@@ -329,7 +329,7 @@ class _Loop:
         """Means over the interval (all processes), the NaN guard and the family's health check."""
         s, headline = self.s, self.s.family.HEADLINE
         keys = list(self.sums)
-        vals = torch.stack([self.sums[k] for k in keys]) / self.count
+        vals = torch.stack([torch.stack(self.sums[k]).double().sum() for k in keys]) / self.count
         if self.procs.world > 1:
             dist.all_reduce(vals)
             vals /= self.procs.world
@@ -418,8 +418,8 @@ class _Loop:
             s.ema.update(self.step)
         norms, single = s.opt.grad_norms, len(s.opt.optimizers) == 1  # named by the declared optimizers
         out.update({"grad_norm" if single else f"grad_norm_{k}": v for k, v in norms.items()})
-        for k, v in out.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.double()
+        for k, v in out.items():  # summed when logged: two ops per scalar and step cost 0.1 ms of a small table's step
+            self.sums.setdefault(k, []).append(v)
         self.count += 1
 
     def run(self) -> Path:
