@@ -13,9 +13,14 @@ from genforge.models import Batch
 EPOCH_BLOCK = 64
 
 
+def stream_seeds(seed: int, *parts: int, n: int = 1) -> np.ndarray:
+    """n well-mixed 63-bit seeds for a sub-stream (a process, a block of epochs) of the run's seed."""
+    return np.random.SeedSequence([seed, *parts]).generate_state(n, np.uint64) >> np.uint64(1)
+
+
 def stream_seed(seed: int, *parts: int) -> int:
-    """A well-mixed 63-bit seed for a sub-stream (a process, an epoch) of the run's seed."""
-    return int(np.random.SeedSequence([seed, *parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    """One sub-stream's seed: the first of `stream_seeds`."""
+    return int(stream_seeds(seed, *parts)[0])
 
 
 def batch_rows(batch: Batch) -> int:
@@ -57,7 +62,7 @@ class RowData:
         block, j = divmod(epoch, EPOCH_BLOCK)
         if block != self._block:
             self._block = block
-            self._seeds = np.random.SeedSequence([self.seed, 1, block]).generate_state(EPOCH_BLOCK, np.uint64) >> 1
+            self._seeds = stream_seeds(self.seed, 1, block, n=EPOCH_BLOCK)
         perm = torch.randperm(self.rows, generator=torch.Generator().manual_seed(int(self._seeds[j])))
         return perm.to(next(iter(self.tensors.values())).device)
 
