@@ -104,3 +104,22 @@ def test_a_layer_with_grouped_rows_computes_the_grouped_output_and_its_gradients
     (seg.group(layers[1](h)) * w).sum().backward()
     assert torch.allclose(layers[0].weight.grad, layers[1].weight.grad)
     assert torch.allclose(layers[0].bias.grad, layers[1].bias.grad)
+
+
+def test_tvae_loss_keeps_fp32_under_bf16_autocast():
+    """A bf16 run's loss is computed in fp32: the span sums' product is not cast down by autocast."""
+    from genforge.models.tvae import _Loss
+    seg, q = Segments(SPANS, WIDTH), torch.Generator().manual_seed(3)
+    x = torch.zeros(16, WIDTH)
+    for start, size, hot in SPANS:
+        if hot:
+            x[torch.arange(16), start + torch.randint(size, (16,), generator=q)] = 1.0
+        else:
+            x[:, start] = torch.rand(16, generator=q) * 2 - 1
+    x = seg.group(x)
+    recon, sigma = torch.randn(16, WIDTH, generator=q) * 3, torch.full((WIDTH,), 0.1)
+    mu, logvar = torch.randn(16, 4, generator=q), torch.randn(16, 4, generator=q)
+    plain = _Loss.apply(x, recon, sigma, mu, logvar, seg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = _Loss.apply(x, recon, sigma, mu, logvar, seg)
+    assert all(torch.equal(a, b) for a, b in zip(plain, mixed))

@@ -134,7 +134,8 @@ class _Loss(torch.autograd.Function):
         d2 = d.square().sum(0)
         values = (d2 / (2 * s.square())).sum() + torch.log(s).sum() * n
         hot, y = x[:, v:], recon[:, v:]
-        sums = seg.span_sums(y)
+        with torch.autocast(x.device.type, enabled=False):  # the span sums' product in fp32, not bf16
+            sums = seg.span_sums(y)
         if sums is None:  # a span's sum underflows: the per-span log-softmax
             logp = seg.log_softmax(recon)
             onehot, e, z = -(hot * logp).sum(), logp, None

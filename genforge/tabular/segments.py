@@ -77,7 +77,7 @@ class Segments(nn.Module):
         self.register_buffer("order", torch.tensor(order, dtype=torch.long), persistent=False)
         self.register_buffer("inverse", torch.argsort(self.order), persistent=False)
         self.register_buffer("values", torch.tensor(values, dtype=torch.long), persistent=False)
-        self.n_values, self.width, self.n_spans = len(values), width, first
+        self.n_values, self.width = len(values), width
 
     @classmethod
     def of(cls, transformer: "TableTransformer") -> "Segments":
