@@ -16,6 +16,17 @@ def _rows(n: int = 6, scale: float = 40.0) -> torch.Tensor:
     return torch.randn(n, WIDTH, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * scale
 
 
+def _encoded_rows(seg: Segments, n: int, q: torch.Generator, dtype: torch.dtype) -> torch.Tensor:
+    """Real rows in grouped order: values in (-1, 1), each one-hot span exactly one option."""
+    x = torch.zeros(n, WIDTH, dtype=dtype)
+    for start, size, hot in SPANS:
+        if hot:
+            x[torch.arange(n), start + torch.randint(size, (n,), generator=q)] = 1.0
+        else:
+            x[:, start] = torch.rand(n, generator=q, dtype=dtype) * 2 - 1
+    return seg.group(x)
+
+
 @pytest.mark.parametrize("scale", [3.0, 40.0])
 def test_grouped_log_softmax_and_softmax_are_each_spans_own(scale):
     seg, x = Segments(SPANS, WIDTH).double(), _rows(scale=scale)
@@ -64,13 +75,7 @@ def test_tvae_loss_and_its_hand_written_gradient_are_the_formula_autograd_differ
     """On both paths: the span sums (logits 3 apart), and each span's own log-softmax (40 apart)."""
     from genforge.models.tvae import _Loss
     seg, q = Segments(SPANS, WIDTH).double(), torch.Generator().manual_seed(1)
-    x = torch.zeros(8, WIDTH, dtype=torch.float64)
-    for start, size, hot in SPANS:  # real rows: values in (-1, 1), each one-hot span exactly one option
-        if hot:
-            x[torch.arange(8), start + torch.randint(size, (8,), generator=q)] = 1.0
-        else:
-            x[:, start] = torch.rand(8, generator=q, dtype=torch.float64) * 2 - 1
-    x = seg.group(x)
+    x = _encoded_rows(seg, 8, q, torch.float64)
     leaves = [torch.randn(8, WIDTH, generator=q, dtype=torch.float64) * scale,  # recon
               torch.rand(WIDTH, generator=q, dtype=torch.float64) * 0.9 + 0.05,  # sigma
               torch.randn(8, 4, generator=q, dtype=torch.float64), torch.randn(8, 4, generator=q, dtype=torch.float64)]
@@ -110,13 +115,7 @@ def test_tvae_loss_keeps_fp32_under_bf16_autocast():
     """A bf16 run's loss is computed in fp32: the span sums' product is not cast down by autocast."""
     from genforge.models.tvae import _Loss
     seg, q = Segments(SPANS, WIDTH), torch.Generator().manual_seed(3)
-    x = torch.zeros(16, WIDTH)
-    for start, size, hot in SPANS:
-        if hot:
-            x[torch.arange(16), start + torch.randint(size, (16,), generator=q)] = 1.0
-        else:
-            x[:, start] = torch.rand(16, generator=q) * 2 - 1
-    x = seg.group(x)
+    x = _encoded_rows(seg, 16, q, torch.float32)
     recon, sigma = torch.randn(16, WIDTH, generator=q) * 3, torch.full((WIDTH,), 0.1)
     mu, logvar = torch.randn(16, 4, generator=q), torch.randn(16, 4, generator=q)
     plain = _Loss.apply(x, recon, sigma, mu, logvar, seg)
