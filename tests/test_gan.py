@@ -255,7 +255,6 @@ def test_train_end_to_end_then_resume_bitwise(data):
     assert [(m["step"], m["split"]) for m in load_run(crashed).metrics()] == [(m["step"], m["split"]) for m in run.metrics()]
 
 
-
 def test_a_run_resumed_between_generator_steps_goes_on(data):
     """Resumed at step 3 with n_critic 2, the first step updates only the critic: the generator's
     gradient norm appears a step later, and the trainer's logged sums take it (a version that fixed

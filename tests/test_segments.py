@@ -103,7 +103,7 @@ def test_a_layer_with_grouped_rows_computes_the_grouped_output_and_its_gradients
     layers = [torch.nn.Linear(5, WIDTH).double() for _ in range(2)]
     layers[1].load_state_dict(layers[0].state_dict())
     h, w = torch.randn(4, 5, generator=q, dtype=torch.float64), torch.randn(4, WIDTH, generator=q, dtype=torch.float64)
-    grouped = torch.nn.functional.linear(h, seg.group_rows(layers[0].weight), seg.group_rows(layers[0].bias))
+    grouped = seg.grouped_linear(layers[0], h)
     assert torch.allclose(grouped, seg.group(layers[1](h)))
     (grouped * w).sum().backward()
     (seg.group(layers[1](h)) * w).sum().backward()

@@ -37,7 +37,7 @@ from torch import nn
 
 from genforge.config import StrictModel
 from genforge.errors import ModelError
-from genforge.kernels import Linear, linear
+from genforge.kernels import Linear
 from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
 from genforge.tabular.family import TableState, fit_table, sample_table, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
@@ -98,10 +98,9 @@ class Generator(nn.Module):
 
     def grouped(self, cond: torch.Tensor) -> torch.Tensor:
         """Raw outputs for fresh z, one row per condition, in the grouped order training uses (the last
-        layer's rows put in that order: `Segments.group_rows`)."""
+        layer's rows put in that order: `Segments.grouped_linear`)."""
         h = self.body[:-1](torch.cat([torch.randn(len(cond), self.z_dim, device=cond.device), cond], dim=1))
-        last = self.body[-1]
-        return linear(h, self.seg.group_rows(last.weight), self.seg.group_rows(last.bias))
+        return self.seg.grouped_linear(self.body[-1], h)
 
 
 class HalfDropout(nn.Module):

@@ -22,7 +22,7 @@ from pydantic import Field
 from torch import nn
 
 from genforge.config import StrictModel
-from genforge.kernels import Linear, linear
+from genforge.kernels import Linear
 from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
 from genforge.tabular.family import TableState, fit_table, sample_table, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
@@ -89,9 +89,8 @@ class Decoder(nn.Module):
         return self.body(z)
 
     def grouped(self, z: torch.Tensor) -> torch.Tensor:
-        """forward(z) in grouped order (`Segments.group_rows`), what training's loss reads."""
-        last = self.body[-1]
-        return linear(self.body[:-1](z), self.seg.group_rows(last.weight), self.seg.group_rows(last.bias))
+        """forward(z) in grouped order (`Segments.grouped_linear`), what training's loss reads."""
+        return self.seg.grouped_linear(self.body[-1], self.body[:-1](z))
 
 
 def optimizers(config: Config) -> dict[str, OptimizerSpec]:
@@ -136,16 +135,16 @@ class _Loss(torch.autograd.Function):
         hot, y = x[:, v:], recon[:, v:]
         with torch.autocast(x.device.type, enabled=False):  # the span sums' product in fp32, not bf16
             sums = seg.span_sums(y)
-        if sums is None:  # a span's sum underflows: the per-span log-softmax
-            logp = seg.log_softmax(recon)
-            onehot, e, z = -(hot * logp).sum(), logp, None
-        else:
-            shifted, e, z = sums
-            onehot = z.log().sum() - (hot * shifted).sum()
+            if sums is None:  # a span's sum underflows: the per-span log-softmax (e: the softmax)
+                logp = seg.each_span(y, torch.log_softmax)
+                onehot, e, z = -(hot * logp).sum(), logp.exp(), None
+            else:
+                shifted, e, z = sums  # softmax = e / z per span
+                onehot = z.log().sum() - (hot * shifted).sum()
         var = logvar.exp()
         kl = -0.5 * (mu.numel() + logvar.sum() - mu.square().sum() - var.sum())
-        ctx.seg, ctx.n, ctx.sigma_shape, ctx.spans = seg, n, sigma.shape, z is not None
-        ctx.save_for_backward(hot, t, d, d2, s, e, z if z is not None else e, mu, var)
+        ctx.seg, ctx.n, ctx.sigma_shape = seg, n, sigma.shape
+        ctx.save_for_backward(hot, t, d, d2, s, e, z, mu, var)
         return (values + onehot) / n, kl / n
 
     @staticmethod
@@ -157,7 +156,10 @@ class _Loss(torch.autograd.Function):
         grad_recon = hot.new_empty((len(hot), seg.width))
         torch.mul(d * (1 - t.square()), -a / s2, out=grad_recon[:, :v])
         p = grad_recon[:, v:]  # softmax within each span, written in place
-        torch.div(e, seg.spread(z), out=p) if ctx.spans else torch.exp(e, out=p)
+        if z is None:
+            p.copy_(e)
+        else:
+            torch.div(e, seg.spread(z), out=p)
         p.sub_(hot).mul_(a)
         grad_s = (ctx.n / s - d2 / (s2 * s)) * a
         grad_sigma = s.new_zeros(ctx.sigma_shape).index_copy_(0, seg.values, grad_s)

@@ -7,11 +7,11 @@ are slow: over dimension 1 of a (500, 10, 6) view (six spans of ten), amax took 
 the same view took 14 (2-core Xeon, one thread). So a span's softmax is computed from the row's largest one-hot logit m: e = exp(y - m) over every
 one-hot column at once, each span's sum of e by one product with a 0/1 (columns, spans) matrix, and
 back to the columns by its transpose (`span_sums`). Where a span's logits all lie some 70 below m
-its sum would underflow, and the per-span maximum is used instead (`_each`, the version before).
+its sum would underflow, and the per-span maximum is used instead (`each_span`, the version before).
 
 CTGAN and TVAE learn on the columns in a *grouped* order: the value columns first, then the one-hot
 spans sorted by size, the spans of one size forming one contiguous block, option-major (option 1 of
-every span, then option 2, ...) so that `_each` takes one softmax per block over dimension 1 of a
+every span, then option 2, ...) so that `each_span` takes one softmax per block over dimension 1 of a
 (rows, size, spans) view. A block of one span (a 46-category city) keeps its options in place.
 
 The real rows are put in that order once, when they are encoded (`encode_grouped`); a network's
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 from torch import nn
 
+from genforge.kernels import linear
 from genforge.tabular.family import TableState, encode_table
 
 if TYPE_CHECKING:
@@ -92,18 +93,20 @@ class Segments(nn.Module):
         """(B, width) in the transformer's order -> grouped order."""
         return _Permute.apply(x, self.order, self.inverse, 1)
 
-    def group_rows(self, w: torch.Tensor) -> torch.Tensor:
-        """A layer's (width, ...) weight or (width,) bias with its output rows in grouped order: the
-        layer then computes grouped rows itself, with a gather of its weight in place of one of its
-        (B, width) output, forward and backward."""
+    def grouped_linear(self, layer: nn.Linear, h: torch.Tensor) -> torch.Tensor:
+        """`layer(h)` with its output columns in grouped order: the layer's weight rows and bias are
+        gathered into that order, in place of a gather of its (B, width) output, forward and backward."""
+        return linear(h, self._group_rows(layer.weight), self._group_rows(layer.bias))
+
+    def _group_rows(self, w: torch.Tensor) -> torch.Tensor:
         return _Permute.apply(w, self.order, self.inverse, 0)
 
     def span_sums(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
         """(shifted, e, z) for the one-hot part `y` (fp32): shifted = y less each row's largest logit,
         e = exp(shifted), z each span's sum of e, by one product with the 0/1 `member` matrix; None when
         a span's sum underflows (its logits lie some 70 below the row's largest), where only the
-        per-span maximum of `_each` is exact. On 500 rows of txhousing-like spans (134 one-hot columns
-        in 15 spans), TVAE's one-hot cross-entropy and its gradient took 2,440 us through `_each` and
+        per-span maximum of `each_span` is exact. On 500 rows of txhousing-like spans (134 one-hot columns
+        in 15 spans), TVAE's one-hot cross-entropy and its gradient took 2,440 us through `each_span` and
         autograd, 450 us so."""
         shifted = y - y.detach().amax(1, keepdim=True)
         e = shifted.exp()
@@ -114,8 +117,8 @@ class Segments(nn.Module):
         """(B, spans) -> (B, one-hot columns): each span's value on each of its columns."""
         return z @ self.member.t()
 
-    def _each(self, y: torch.Tensor, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
-        """fn(view, dim) over each span's options in every group of the one-hot part `y`: dimension 1 of
+    def each_span(self, y: torch.Tensor, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
+        """The per-span path, exact where `span_sums` underflows: fn(view, dim) over each span's options in every group of the one-hot part `y`: dimension 1 of
         a (B, size, spans) view, or the last of a one-span group's (B, size)."""
         parts = [fn(y[:, o:o + c * s].view(-1, s, c), 1).view(-1, c * s) if c > 1 else fn(y[:, o:o + s], -1)
                  for o, c, s in self.groups]
@@ -128,7 +131,7 @@ class Segments(nn.Module):
         with torch.autocast(y.device.type, enabled=False):  # the span sums in fp32, not bf16
             sums = self.span_sums(y)
             if sums is None:
-                return self._each(y, torch.log_softmax)
+                return self.each_span(y, torch.log_softmax)
             shifted, _, z = sums
             return shifted - self.spread(z.log())
 
@@ -138,7 +141,7 @@ class Segments(nn.Module):
         with torch.autocast(y.device.type, enabled=False):
             sums = self.span_sums(y)
             if sums is None:
-                return self._each(y, torch.softmax)
+                return self.each_span(y, torch.softmax)
             _, e, z = sums
             return e / self.spread(z)
 
