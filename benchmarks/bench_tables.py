@@ -437,6 +437,19 @@ def fmt(v: Any, spec: str = ".3f") -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def interval(runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]], key: str, draws: int = 4000) -> str:
+    """' [lo, hi]': a 95% bootstrap interval of median(a) - median(b), each contender's runs resampled
+    on their own (seeded): how far the seed-to-seed spread alone moves the difference of medians.
+    Empty for fewer than 3 runs a side."""
+    a, b = (np.array([r[key] for r in runs if r.get(key) is not None]) for runs in (runs_a, runs_b))
+    if min(len(a), len(b)) < 3:
+        return ""
+    rng = np.random.default_rng(0)
+    d = np.median(rng.choice(a, (draws, len(a))), 1) - np.median(rng.choice(b, (draws, len(b))), 1)
+    lo, hi = np.percentile(d, [2.5, 97.5])
+    return f" [{lo:+.3f}, {hi:+.3f}]"
+
+
 def table_report(name: str, t: dict[str, Any], args: argparse.Namespace) -> list[str]:
     m = t["meta"]
     lines = [f"### {name}: {m['rows']:,} rows ({m['train_rows']:,} train, {m['holdout_rows']:,} held out), "
@@ -465,14 +478,16 @@ def table_report(name: str, t: dict[str, Any], args: argparse.Namespace) -> list
     ok = lambda k: k in res and "error" not in res[k]  # noqa: E731
     pairs = [m_ for m_ in args.models if ok(f"genforge-{m_}") and ok(f"sdv-{m_}")]
     if pairs:
-        lines += ["| model | SDV fit s / genforge fit s | quality genforge - SDV (sdmetrics) | TSTR genforge - SDV | "
-                  "target: >= 2x and quality >= SDV's |", "|---|---:|---:|---:|---|"]
+        ci = " [95% interval over seeds]" if t["repeats"] >= 3 else ""
+        lines += [f"| model | SDV fit s / genforge fit s | quality genforge - SDV (sdmetrics){ci} | TSTR genforge - SDV{ci} | "
+                  "target: >= 2x and quality >= SDV's (medians) |", "|---|---:|---:|---:|---|"]
         for model in pairs:
             g, s = res[f"genforge-{model}"], res[f"sdv-{model}"]
             ratio = s["fit_s"] / g["fit_s"]
             dq = None if g["quality_sdmetrics"] is None or s["quality_sdmetrics"] is None else g["quality_sdmetrics"] - s["quality_sdmetrics"]
             met = ratio >= 2 and dq is not None and dq >= 0
-            lines.append(f"| {model} | {ratio:.2f}x | {fmt(dq, '+.3f')} | {g['tstr_accuracy'] - s['tstr_accuracy']:+.3f} | "
+            lines.append(f"| {model} | {ratio:.2f}x | {fmt(dq, '+.3f')}{interval(g['runs'], s['runs'], 'quality_sdmetrics')} | "
+                         f"{g['tstr_accuracy'] - s['tstr_accuracy']:+.3f}{interval(g['runs'], s['runs'], 'tstr_accuracy')} | "
                          f"{'met' if met else 'NOT met'} |")
         lines.append("")
     best = {}

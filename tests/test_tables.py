@@ -219,6 +219,34 @@ print(out)
 """
 
 
+def test_tvae_draws_its_one_hot_spans_at_the_sampling_temperature(tmp_path):
+    """Temperature 0: each category is its span's most likely option (the reference's argmax); above 0,
+    a draw from softmax(logits / T), each row from its own seed alone."""
+    from genforge.models import tvae
+    orders().to_csv(tmp_path / "orders.csv", index=False)
+    genforge.ingest(str(tmp_path / "orders.csv"), "orders")
+    config = tvae.Config(family="tvae", embedding_dim=4, compress_dims=[8], decompress_dims=[8])
+    dec = tvae.build(config, *tvae.fit(config, open_dataset("orders")))["decoder"]
+    t = dec.state.transformer
+    span = next(sp for sp in t.spans if sp.column == "region")
+    cats = next(lc for lc in t.codec.learned if lc.name == "region").categories
+    p = torch.tensor([0.6, 0.3, 0.1])
+    with torch.no_grad():  # every row's region logits are log p, whatever z is
+        dec.body[-1].weight.zero_()
+        dec.body[-1].bias.zero_()
+        dec.body[-1].bias[span.start:span.start + span.size] = p.log()
+    seeds = list(range(4000))
+    for temperature, want in ((0.0, [1.0, 0.0, 0.0]), (1.0, p), (0.5, p**2 / (p**2).sum())):
+        with torch.no_grad():
+            rows, again = tvae._propose(dec, seeds, temperature), tvae._propose(dec, seeds[100:110], temperature)
+        shares = rows["region"].value_counts(normalize=True).reindex(cats, fill_value=0.0).to_numpy()
+        assert np.allclose(shares, want, atol=0.03), (temperature, shares)
+        # a row depends on its seed, not on the rows drawn beside it
+        assert again.reset_index(drop=True).equals(rows.iloc[100:110].reset_index(drop=True))
+    with pytest.raises(ValueError):
+        tvae.SampleConfig(temperature=-1)
+
+
 def test_a_table_of_100000_rows_and_50_columns_fits_in_bounded_memory(tmp_path):
     """Ingest, fit the copula and CTGAN's transformer (mixtures on 50 columns) and sample, in one process
     whose peak resident memory stays under 3 GiB (the data itself is 40 MB as float64)."""
