@@ -41,7 +41,7 @@ from genforge.kernels import Linear
 from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
 from genforge.tabular.family import TableState, fit_table, sample_table, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
-from genforge.tabular.segments import Segments, encode_grouped
+from genforge.tabular.segments import Segments, encode_grouped, gumbel
 from genforge.tabular.vgm import TransformConfig
 
 
@@ -331,12 +331,11 @@ def _propose(g: Generator, seeds: list[int], conditions: list[dict[str, Any]]) -
             cols[i] = int(torch.randint(cond.n, (1,), generator=q))
             cats[i] = int(torch.multinomial(cond.freq[int(cols[i])].cpu(), 1, generator=q))
     raw = g(z, cond.vector(cols.to(device), cats.to(device))).float().cpu()
-    gumbel = torch.stack([-torch.log(-torch.log(torch.rand(raw.shape[1], generator=q).clamp(1e-20, 1 - 1e-7)))
-                          for q in gens])
+    noise = gumbel(torch.stack([torch.rand(raw.shape[1], generator=q) for q in gens]))
     out = raw.clone()
     for s in state.transformer.spans:  # one-hot spans: the Gumbel-max draw from G's softmax
         if s.role != "value":
-            out[:, s.start:s.start + s.size] += gumbel[:, s.start:s.start + s.size]
+            out[:, s.start:s.start + s.size] += noise[:, s.start:s.start + s.size]
         else:
             out[:, s.start] = torch.tanh(raw[:, s.start])
     return state.transformer.inverse(out.numpy(), seeds)

@@ -29,7 +29,7 @@ from genforge.kernels import Linear
 from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
 from genforge.tabular.family import TableState, fit_table, sample_table, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
-from genforge.tabular.segments import Segments, encode_grouped
+from genforge.tabular.segments import Segments, encode_grouped, gumbel
 from genforge.tabular.vgm import TransformConfig
 
 
@@ -211,8 +211,7 @@ def _propose(dec: Decoder, seeds: list[int], temperature: float) -> pd.DataFrame
     noise = torch.stack([torch.randn(raw.shape[1], generator=q) for q in gens])
     sigma = dec.sigma.detach().float().cpu()
     if temperature > 0:
-        u = torch.stack([torch.rand(raw.shape[1], generator=q) for q in gens]).clamp_(1e-20, 1 - 1e-7)
-        out = raw / temperature - torch.log(-torch.log(u))
+        out = raw / temperature + gumbel(torch.stack([torch.rand(raw.shape[1], generator=q) for q in gens]))
     else:
         out = raw.clone()
     v = dec.seg.values.cpu()

@@ -118,8 +118,9 @@ class Segments(nn.Module):
         return z @ self.member.t()
 
     def each_span(self, y: torch.Tensor, fn: Callable[[torch.Tensor, int], torch.Tensor]) -> torch.Tensor:
-        """The per-span path, exact where `span_sums` underflows: fn(view, dim) over each span's options in every group of the one-hot part `y`: dimension 1 of
-        a (B, size, spans) view, or the last of a one-span group's (B, size)."""
+        """The per-span path, exact where `span_sums` underflows: fn(view, dim) over each span's options
+        in every group of the one-hot part `y`: dimension 1 of a (B, size, spans) view, or the last of
+        a one-span group's (B, size)."""
         parts = [fn(y[:, o:o + c * s].view(-1, s, c), 1).view(-1, c * s) if c > 1 else fn(y[:, o:o + s], -1)
                  for o, c, s in self.groups]
         return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
@@ -148,8 +149,13 @@ class Segments(nn.Module):
     def gumbel_softmax(self, x: torch.Tensor, tau: float) -> torch.Tensor:
         """The relaxed one-hot draw of every span (Jang et al. 2017): softmax((logits + Gumbel) / tau)."""
         y = x[:, self.n_values:]
-        u = torch.rand_like(y).clamp_(1e-20, 1 - 1e-7)
-        return self.softmax((y - torch.log(-torch.log(u))) / tau)
+        return self.softmax((y + gumbel(torch.rand_like(y))) / tau)
+
+
+def gumbel(u: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise from uniforms u (clamped off 0 and 1, where a log is infinite): training's
+    relaxed draw, and sampling's Gumbel-max draw from each row's own generator."""
+    return -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
 
 
 def encode_grouped(state: TableState, dataset: "Dataset", split: str) -> dict[str, Any]:
