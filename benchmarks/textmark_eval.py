@@ -221,7 +221,7 @@ def news_tokens() -> tuple[list[list[int]], dict[str, Any]]:
     api.ingest("builtin:news", "news")
     dataset = open_dataset("news")
     config = gpt.Config(**read_yaml(ROOT.parent / "configs" / "gpt-news.yaml")["model"])
-    _, fitted = gpt.fit(config, dataset)
+    _, fitted = gpt.fit(config, dataset, 0)
     tok = TextTokenizer.from_fitted(fitted)
     texts = [t for split in ("val", "test") for t in dataset.frame(split).get("text", []) if isinstance(t, str)]
     return tok.encode_batch(texts), {"texts": len(texts), "vocab_size": tok.vocab_size}

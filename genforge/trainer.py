@@ -175,7 +175,7 @@ def _start(config: RunConfig, procs: Processes, resume: bool, ref: str | None, c
     source = _source_checkpoint(tc.init_from) if tc.init_from and not resume else None
     dataset = open_dataset(old["dataset"] if old else config.data.dataset)
     if procs.main and not resume:
-        spec, fitted = _init_source(config, family, source) if source else family.fit(config.model, dataset)
+        spec, fitted = _init_source(config, family, source) if source else family.fit(config.model, dataset, tc.seed)
         run_dir.mkdir(parents=True)
         hashes = save_fitted(run_dir / "fitted", fitted)
         shared = {"spec": spec.to_json(), "fitted": hashes}

@@ -183,7 +183,7 @@ def test_packed_rows_and_prompt_completion_rows():
     ref = write_texts("zh", texts[:60], val=10, labels=labels[:60])
     ds = open_dataset(ref)
     cfg = gpt.Config(family="gpt", vocab_size=300, block_size=32)
-    spec, fitted = gpt.fit(cfg, ds)
+    spec, fitted = gpt.fit(cfg, ds, 0)
     tok = TextTokenizer.from_fitted(fitted)
     packed = gpt.encode(cfg, spec, fitted, ds, "train")
     t = packed["tokens"]

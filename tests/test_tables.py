@@ -226,7 +226,7 @@ def test_tvae_draws_its_one_hot_spans_at_the_sampling_temperature(tmp_path):
     orders().to_csv(tmp_path / "orders.csv", index=False)
     genforge.ingest(str(tmp_path / "orders.csv"), "orders")
     config = tvae.Config(family="tvae", embedding_dim=4, compress_dims=[8], decompress_dims=[8])
-    dec = tvae.build(config, *tvae.fit(config, open_dataset("orders")))["decoder"]
+    dec = tvae.build(config, *tvae.fit(config, open_dataset("orders"), 0))["decoder"]
     t = dec.state.transformer
     span = next(sp for sp in t.spans if sp.column == "region")
     cats = next(lc for lc in t.codec.learned if lc.name == "region").categories
@@ -245,6 +245,30 @@ def test_tvae_draws_its_one_hot_spans_at_the_sampling_temperature(tmp_path):
         assert again.reset_index(drop=True).equals(rows.iloc[100:110].reset_index(drop=True))
     with pytest.raises(ValueError):
         tvae.SampleConfig(temperature=-1)
+
+
+def test_the_runs_seed_draws_the_mixtures_and_the_encoding(tmp_path):
+    """train.seed decides the fitted state's random draws (mixture starts, each value's mode, the copula's
+    draws inside categories): two seeds are two fits, one seed the same fit; a split is encoded with the
+    seed its state was fitted with, and a state saved without one was fitted with 0."""
+    from genforge.models import Fitted, copula, tvae
+    from genforge.tabular.family import TableState, encode_table
+    orders().to_csv(tmp_path / "orders.csv", index=False)
+    genforge.ingest(str(tmp_path / "orders.csv"), "orders")
+    ds = open_dataset("orders")
+    config = tvae.Config(family="tvae")
+    (_, a), (_, again), (_, b) = (tvae.fit(config, ds, seed) for seed in (0, 0, 1))
+    assert a.meta == again.meta and (a.meta["seed"], b.meta["seed"]) == (0, 1)
+    assert a.meta["transformer"]["modes"] != b.meta["transformer"]["modes"]
+    state = TableState.of(b)
+    assert torch.equal(encode_table(state, ds, "train")["x"], torch.from_numpy(state.transformer.transform(ds.frame("train"), seed=1)))
+    legacy = Fitted(a.format, {k: v for k, v in a.meta.items() if k != "seed"}, a.tensors)
+    assert torch.equal(encode_table(TableState.of(legacy), ds, "train")["x"], encode_table(TableState.of(a), ds, "train")["x"])
+    cop = copula.Config(family="copula")
+    assert not torch.equal(copula.fit(cop, ds, 0)[1].tensors["cholesky"], copula.fit(cop, ds, 1)[1].tensors["cholesky"])
+    run = genforge.train({"name": "seeded", "data": {"dataset": "orders"}, "model": {"family": "copula"},
+                          "train": {"steps": 1, "batch_size": 64, "seed": 7}})
+    assert json.loads((run.path / "fitted" / "fitted.json").read_text())["meta"]["seed"] == 7
 
 
 def test_a_table_of_100000_rows_and_50_columns_fits_in_bounded_memory(tmp_path):

@@ -231,8 +231,9 @@ class Family(Protocol):
     def optimizers(self, config: Any) -> dict[str, OptimizerSpec]:
         """Optimizer name -> the modules it updates and its own settings."""
 
-    def fit(self, config: Any, dataset: "Dataset") -> tuple[DataSpec, Fitted | None]:
-        """What must be learned from the data before the model exists; once per run."""
+    def fit(self, config: Any, dataset: "Dataset", seed: int) -> tuple[DataSpec, Fitted | None]:
+        """What must be learned from the data before the model exists; once per run. Whatever it draws
+        at random comes from `seed`, the run's `train.seed`: a run's seed decides all its randomness."""
 
     def encode(self, config: Any, spec: DataSpec, fitted: Fitted | None, dataset: "Dataset", split: str) -> Batch:
         """A split as tensors with one first dimension; an incompatible dataset is a DataError."""
@@ -291,7 +292,7 @@ def get_family(name: str) -> Family:
 
 # ----------------------------------------------------------------------------- shared by the image families
 
-def fit_images(config: Any, dataset: "Dataset") -> tuple[DataSpec, None]:
+def fit_images(config: Any, dataset: "Dataset", seed: int) -> tuple[DataSpec, None]:
     """Image families learn nothing before training: the spec is the images' shape and the classes."""
     images, _ = dataset.images("train")
     if len(images) == 0:

@@ -44,8 +44,6 @@ from genforge.tabular.columns import Codec
 from genforge.tabular.family import TableState, fit_table, sample_table, schema_columns, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
 
-FIT_SEED = 0  # the uniform draws inside categories' intervals
-
 
 class Config(StrictModel):
     family: Literal["copula"]
@@ -120,11 +118,11 @@ def _discriminant_order(codes: np.ndarray, z: np.ndarray, k: int) -> list[int]:
     return np.argsort(means @ direction, kind="stable").tolist()
 
 
-def _marginals(config: Config, codec: Codec, frame: pd.DataFrame) -> tuple[dict[str, Any], np.ndarray]:
+def _marginals(config: Config, codec: Codec, frame: pd.DataFrame, seed: int) -> tuple[dict[str, Any], np.ndarray]:
     """(the marginals as json, the train scores (N, variables)). Numeric scores come first: the
     categories' orders are fitted on them."""
     values = codec.values(frame)
-    rng = np.random.default_rng(FIT_SEED)
+    rng = np.random.default_rng(seed)  # the uniform draws inside categories' intervals
     grid = np.linspace(0.0, 1.0, config.quantiles)
     variables = _variables(codec)
     marg: list[dict[str, Any]] = [{} for _ in variables]
@@ -163,8 +161,8 @@ def _correlation(z: np.ndarray, shrinkage: float) -> np.ndarray:
 
 
 def _fit_extra(config: Config):
-    def extra(codec: Codec, frame: pd.DataFrame) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-        meta, z = _marginals(config, codec, frame)
+    def extra(codec: Codec, frame: pd.DataFrame, seed: int) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        meta, z = _marginals(config, codec, frame, seed)
         r = _correlation(z, config.shrinkage)
         return meta, {"cholesky": torch.from_numpy(np.linalg.cholesky(r))}
     return extra
@@ -223,8 +221,8 @@ def optimizers(config: Config) -> dict[str, OptimizerSpec]:
     return {}  # closed form: nothing to optimise
 
 
-def fit(config: Config, dataset: Any) -> tuple[DataSpec, Fitted]:
-    return fit_table(config.rules, None, dataset, extra=_fit_extra(config))
+def fit(config: Config, dataset: Any, seed: int) -> tuple[DataSpec, Fitted]:
+    return fit_table(config.rules, None, dataset, seed, extra=_fit_extra(config))
 
 
 def encode(config: Config, spec: DataSpec, fitted: Fitted, dataset: Any, split: str) -> Batch:

@@ -202,8 +202,8 @@ def optimizers(config: Config) -> dict[str, OptimizerSpec]:
             "discriminator": OptimizerSpec(("discriminator",), lr=2e-4, betas=(0.5, 0.9), weight_decay=1e-6)}
 
 
-def fit(config: Config, dataset: Any) -> tuple[DataSpec, Fitted]:
-    return fit_table(config.rules, config.transform, dataset)
+def fit(config: Config, dataset: Any, seed: int) -> tuple[DataSpec, Fitted]:
+    return fit_table(config.rules, config.transform, dataset, seed)
 
 
 def encode(config: Config, spec: DataSpec, fitted: Fitted, dataset: Any, split: str) -> Batch:

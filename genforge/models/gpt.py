@@ -524,7 +524,7 @@ def prompt_ids(tok: TextTokenizer, prompt: str, format: str) -> list[int]:
     return [tok.eot, *tok.encode(prompt)]
 
 
-def fit(config: Config, dataset) -> tuple[DataSpec, Fitted]:
+def fit(config: Config, dataset, seed: int) -> tuple[DataSpec, Fitted]:
     if dataset.kind != "text":
         raise DataError(f"the gpt family trains on text datasets; {dataset.ref} holds {dataset.kind} data")
     a, b = split_texts(dataset, "train", config)

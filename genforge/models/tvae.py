@@ -106,8 +106,8 @@ def optimizers(config: Config) -> dict[str, OptimizerSpec]:
     return {"vae": OptimizerSpec(("encoder", "decoder"), lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-5)}
 
 
-def fit(config: Config, dataset: Any) -> tuple[DataSpec, Fitted]:
-    return fit_table(config.rules, config.transform, dataset)
+def fit(config: Config, dataset: Any, seed: int) -> tuple[DataSpec, Fitted]:
+    return fit_table(config.rules, config.transform, dataset, seed)
 
 
 def encode(config: Config, spec: DataSpec, fitted: Fitted, dataset: Any, split: str) -> Batch:

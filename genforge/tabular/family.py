@@ -3,8 +3,14 @@ column transformer and the privacy guard once per run, encoding a split, and sam
 conditions / rules / guard loop.
 
 The fitted state (`Fitted`, format FORMAT) holds the transformer (or, for the copula, the codec and
-its marginals) and the rules as json, and the 64-bit hashes of every real row of the dataset's
-splits (not the rows) as a tensor: what the guard needs to refuse a verbatim copy, nothing more.
+its marginals), the rules and the seed it was fitted with as json, and the 64-bit hashes of every
+real row of the dataset's splits (not the rows) as a tensor: what the guard needs to refuse a
+verbatim copy, nothing more.
+
+The run's seed draws the mixture's start and each value's mode, so runs with two seeds are two
+independent fits, as they are in SDV: with one fixed seed every run of a table shared one mixture,
+and ten benchmark seeds measured one mixture's luck ten times (benchmarks/results/tables.md).
+A split is encoded with the seed the state was fitted with: a run's encoded data never change.
 """
 
 from __future__ import annotations
@@ -27,7 +33,6 @@ if TYPE_CHECKING:
     from genforge.data.store import Dataset
 
 FORMAT = "genforge-table/1"
-ENCODE_SEED = 0  # the seed of each split's mode draws: a run's encoded data never change
 
 
 def schema_columns(dataset: "Dataset") -> list[dict[str, Any]]:
@@ -48,8 +53,8 @@ def real_row_hashes(dataset: "Dataset", columns: tuple[str, ...]) -> torch.Tenso
     return torch.from_numpy(hashes.view(np.int64))
 
 
-def fit_table(rules: Rules, transform: TransformConfig | None, dataset: "Dataset",
-              extra: Callable[[Codec, pd.DataFrame], tuple[dict[str, Any], dict[str, torch.Tensor]]] | None = None
+def fit_table(rules: Rules, transform: TransformConfig | None, dataset: "Dataset", seed: int,
+              extra: Callable[[Codec, pd.DataFrame, int], tuple[dict[str, Any], dict[str, torch.Tensor]]] | None = None
               ) -> tuple[DataSpec, Fitted]:
     """Fit the transformer (`transform` given: CTGAN, TVAE) or the codec alone (the copula, which adds
     its own `extra` meta and tensors), check the rules against the table, hash the real rows."""
@@ -58,16 +63,16 @@ def fit_table(rules: Rules, transform: TransformConfig | None, dataset: "Dataset
     if len(frame) == 0:
         raise DataError(f"dataset {dataset.ref} has no rows in its train split")
     rules.check_against(schema)
-    meta: dict[str, Any] = {"rules": rules.model_dump(mode="json"), "rows": len(frame)}
+    meta: dict[str, Any] = {"rules": rules.model_dump(mode="json"), "rows": len(frame), "seed": seed}
     tensors: dict[str, torch.Tensor] = {}
     if transform is not None:
-        t = TableTransformer.fit(frame, schema, transform, ENCODE_SEED, rules.fixed_combinations)
+        t = TableTransformer.fit(frame, schema, transform, seed, rules.fixed_combinations)
         meta["transformer"] = t.to_json()
     else:
         codec = Codec.fit(frame, schema, rules.fixed_combinations)
         meta["codec"] = codec.to_json()
         if extra is not None:
-            more, tensors = extra(codec, frame)
+            more, tensors = extra(codec, frame, seed)
             meta.update(more)
     guarded = guarded_columns(schema)
     meta["guard_columns"] = list(guarded)
@@ -87,6 +92,7 @@ class TableState:
     codec: Codec
     output_columns: tuple[str, ...]  # the real table's columns in order, less free text
     rows: int  # in the train split
+    seed: int  # the run's, which fitted it; states saved before it was kept were all fitted with 0
 
     @classmethod
     def of(cls, fitted: Fitted) -> "TableState":
@@ -97,7 +103,7 @@ class TableState:
         codec = t.codec if t is not None else Codec.from_json(m["codec"])
         hashes = np.sort(fitted.tensors["real_row_hashes"].numpy().view(np.uint64))
         return cls(Rules.model_validate(m["rules"]), Guard(tuple(m["guard_columns"]), hashes), t, codec,
-                   tuple(m["output_columns"]), m["rows"])
+                   tuple(m["output_columns"]), m["rows"], m.get("seed", 0))
 
     def check(self, conditions: Sequence[dict[str, Any]], n: int) -> None:
         """ConfigError for a condition on a column not generated or a value the table never had (named,
@@ -120,7 +126,7 @@ def encode_table(state: TableState, dataset: "Dataset", split: str) -> dict[str,
     schema_columns(dataset)
     frame = dataset.frame(split)
     t = state.transformer
-    return {"x": torch.from_numpy(t.transform(frame, seed=ENCODE_SEED)), "codes": torch.from_numpy(t.codes(frame))}
+    return {"x": torch.from_numpy(t.transform(frame, seed=state.seed)), "codes": torch.from_numpy(t.codes(frame))}
 
 
 def sample_table(state: TableState, request: SampleRequest, options: SampleOptions,
