@@ -149,7 +149,15 @@ def steps_for(model: str, rows: int, batch: int, epochs: int) -> int:
 # --- one contender in its own process (child) ---------------------------------------------------------
 
 def peak_rss_mb() -> float:
-    return max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+    """This process's peak resident memory: Linux's VmHWM. Not getrusage's ru_maxrss, which Linux keeps
+    across exec: a child started by a parent that had grown to 733 MB reported 733 MB whatever it used
+    (a 10 MB child of a 1.6 GB parent read 1,556 MB; VmHWM 11 MB)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: no exec carry-over to fear
 
 
 def child_sdv(args: argparse.Namespace, train: pd.DataFrame, meta: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
