@@ -1,5 +1,6 @@
-"""How fast can a TVAE or CTGAN fit be on a small table? The least time eager fp32 PyTorch needs for
-the fit's arithmetic, beside genforge's and SDV's whole fits (issue 15's 2x target on penguins).
+"""How fast can a TVAE or CTGAN fit be on a small table? The least time eager PyTorch needs for the
+fit's arithmetic, at the precision genforge's fit resolves to (bf16 autocast where the CPU runs bf16
+natively, else fp32), beside genforge's and SDV's whole fits (issue 15's 2x target on penguins).
 
     .venv/bin/python benchmarks/bench_floor.py --table penguins --model tvae --repeats 5 [--write]
 
@@ -18,8 +19,8 @@ Three contenders, each in a fresh process, alternating within each repeat:
   Every implementation of the model in eager PyTorch does at least this much work per step, so its
   time bounds any such fit from below.
 
-If the floor alone takes more than half of SDV's fit, no eager fp32 implementation of the same
-networks can fit 2x faster than SDV on that table; the report says so, and what is reachable.
+If the floor alone takes more than half of SDV's fit, no eager implementation of the same networks
+at that precision can fit 2x faster than SDV on that table; the report says so, and what is reachable.
 """
 
 from __future__ import annotations
@@ -48,22 +49,25 @@ def child_floor(args: argparse.Namespace) -> None:
 
     from genforge import api
     from genforge.data.store import open_dataset
+    from genforge.devices import autocast
     from genforge.runs import load_run
     torch.set_num_threads(args.threads)
     folder = Path(args.dir)
     name = bt.ingest_train(folder, json.loads((folder / "meta.json").read_text(encoding="utf-8")), args.seed)
     config = bt.run_config("floor", args.model, name, 1, args.batch_size, args.seed, args.threads)
-    model = load_run(api.train(config, console=Console(stderr=True, quiet=True)).id).model("cpu")
+    run = load_run(api.train(config, console=Console(stderr=True, quiet=True)).id)
+    model = run.model("cpu")
     x = model.family.encode(model.config, model.spec, model.fitted, open_dataset(name), "train")["x"][:args.batch_size]
     for m in model.modules.values():
         m.train().requires_grad_(True)
     torch.manual_seed(args.seed)
     step = (_tvae_step if args.model == "tvae" else _ctgan_step)(model.modules, x)
-    t = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    fit_s = time.perf_counter() - t
-    print(json.dumps({"fit_s": fit_s, "steps": args.steps, "rows": len(x), "width": x.shape[1],
+    with autocast(torch.device("cpu"), run.info["precision"]):  # the precision genforge's fit resolves to
+        t = time.perf_counter()
+        for _ in range(args.steps):
+            step()
+        fit_s = time.perf_counter() - t
+    print(json.dumps({"fit_s": fit_s, "steps": args.steps, "rows": len(x), "width": x.shape[1], "precision": run.info["precision"],
                       "layers": [tuple(p.shape) for m in model.modules.values() for p in m.parameters() if p.dim() == 2]}))
 
 
@@ -160,6 +164,7 @@ def main() -> None:
     n = max(rows, 1000)
     ns = argparse.Namespace(epochs=args.epochs, threads=args.threads, gf_set=[], child_timeout=None, keep=False)
     fits: dict[str, list[float]] = {"floor": [], "genforge": [], "sdv": []}
+    precision = "fp32"  # until the floor or genforge says what genforge's fit resolved to
     for repeat in range(args.repeats):
         seed = args.seed + repeat
         for contender in fits:
@@ -168,6 +173,7 @@ def main() -> None:
             if "error" in r:
                 sys.exit(f"{contender} (seed {seed}) failed:\n{r['error']}")
             fits[contender].append(r["fit_s"])
+            precision = r.get("precision", precision)
             print(f"  {contender} (seed {seed}): fit {r['fit_s']:.2f} s", flush=True)
     med = {k: float(np.median(v)) for k, v in fits.items()}
     span = lambda k: f"{min(fits[k]):.2f}-{max(fits[k]):.2f}"  # noqa: E731
@@ -183,7 +189,7 @@ def main() -> None:
     half = med["sdv"] / 2
     lines += ["", f"2x SDV means a fit of at most {half:.2f} s. The floor alone takes {med['floor']:.2f} s "
                   f"({med['floor'] / half:.0%} of that); genforge spends {med['genforge'] - med['floor']:.2f} s beyond the "
-                  f"floor (its table transformer, data, conditions, loss spans, logging, checkpoint). The most any eager fp32 "
+                  f"floor (its table transformer, data, conditions, loss spans, logging, checkpoint). The most any eager {precision} "
                   f"implementation of these networks can reach here is {med['sdv'] / med['floor']:.2f}x.", ""]
     text = "\n".join(lines)
     print("\n" + text)

@@ -32,6 +32,11 @@ breast cancer's 30 mixtures equal for seeds 0 and 1) and the spread of SDV's run
 luck, which genforge's runs, each drawing its own from `train.seed`, include. This contender puts both on one
 footing; `sdv` stays SDV as its users run it, and the target is judged against it.
 
+Precision: genforge trains at its shipped configs' `train.precision: auto`, which is bf16 autocast where
+the CPU runs bf16 natively (avx512_bf16 or AMX in its flags) and fp32 elsewhere; the json records
+what each run resolved to. SDV has no precision setting and trains in fp32. `sdv_bf16` (opt-in) is the
+peer allowed the same hardware feature: SDV's `fit` inside `torch.autocast("cpu", dtype=torch.bfloat16)`.
+
 Figures per contender:
 - fit s: SDV's `synthesizer.fit`; genforge's `train` (its own preprocessing, the model, one final
   checkpoint). Preparation beside it (genforge's ingest; SDV's metadata detection), not in the ratio.
@@ -80,8 +85,8 @@ RESULTS_JSON = ROOT / "results" / "tables.jsonl"  # one run per line, appended l
 FLAGS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"}
 TABLES = ("penguins", "breast_cancer", "txhousing", "diamonds")
 MODELS = ("ctgan", "tvae", "copula")
-CONTENDERS = ("genforge", "sdv", "sdv_seeded")
-SDV_CONTENDERS = ("sdv", "sdv_seeded")
+CONTENDERS = ("genforge", "sdv", "sdv_seeded", "sdv_bf16")
+SDV_CONTENDERS = ("sdv", "sdv_seeded", "sdv_bf16")
 SDV_CLASS = {"ctgan": "CTGANSynthesizer", "tvae": "TVAESynthesizer", "copula": "GaussianCopulaSynthesizer"}
 # the categorical columns of each table (every other column is numeric) and the TSTR target
 CATEGORICAL = {"penguins": ["species", "island", "sex"], "breast_cancer": ["target"], "txhousing": ["city"],
@@ -194,7 +199,8 @@ def child_sdv(args: argparse.Namespace, train: pd.DataFrame, meta: dict[str, Any
     kw = {} if args.model == "copula" else {"epochs": args.epochs, "batch_size": args.batch_size, "enable_gpu": False}
     synth = cls(metadata, **kw)
     t = time.perf_counter()
-    synth.fit({name: train})  # SDV 2 takes tables by name, also for one table
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.child == "sdv_bf16"):
+        synth.fit({name: train})  # SDV 2 takes tables by name, also for one table
     fit_s = time.perf_counter() - t
     t = time.perf_counter()
     rows = synth.sample(num_rows=args.n)
@@ -271,7 +277,8 @@ def child_genforge(args: argparse.Namespace, train: pd.DataFrame, meta: dict[str
     rows = api.generate(run.id, args.n, seed=args.seed, batch_size=args.n).samples.frame
     sample_s = time.perf_counter() - t
     return rows, {"prep_s": prep_s, "fit_s": fit_s, "sample_s": sample_s, "import_rss_mb": import_rss, "steps": steps,
-                  "config": config, "config_from": shipped_settings(args.model)["path"], "overrides": args.gf_set}
+                  "config": config, "config_from": shipped_settings(args.model)["path"], "overrides": args.gf_set,
+                  "precision": run.info["precision"]}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -415,7 +422,7 @@ def bench_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
     train = pd.read_parquet(folder / "train.parquet")
     held = pd.read_parquet(folder / "holdout.parquet")
     runs: dict[str, list[dict[str, Any]]] = {f"{c}-{m}": [] for m in args.models for c in args.contenders
-                                             if not (c == "sdv_seeded" and m == "copula")}
+                                             if not (c in ("sdv_seeded", "sdv_bf16") and m == "copula")}
     real: dict[str, Any] = {}
     for repeat in range(args.repeats):
         seed = args.seed + repeat
@@ -423,7 +430,7 @@ def bench_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
         for model in args.models:
             for contender in args.contenders:
                 key = f"{contender}-{model}"
-                if key not in runs:  # sdv_seeded-copula: SDV's copula fits no mixture
+                if key not in runs:  # sdv_seeded / sdv_bf16 - copula: SDV's copula fits no mixture and no network
                     continue
                 r = results[key] = {**run_contender(args, contender, model, folder, meta, batches[model], n, seed), "seed": seed}
                 if "error" in r:
@@ -474,12 +481,17 @@ def interval(runs_a: list[dict[str, Any]], runs_b: list[dict[str, Any]], key: st
 
 def table_report(name: str, t: dict[str, Any], args: argparse.Namespace) -> list[str]:
     m = t["meta"]
+    gf = [r for k, c in t["contenders"].items() if k.startswith("genforge-") for r in c["runs"] if "precision" in r]
+    precisions = sorted({f"{r['precision']} ({r['config']['model']['family']})" for r in gf})
+    shipped = ", ".join(sorted({str(r["config"]["train"].get("precision", "auto")) for r in gf}))
     lines = [f"### {name}: {m['rows']:,} rows ({m['train_rows']:,} train, {m['holdout_rows']:,} held out), "
              f"categorical {', '.join(m['categorical'])}, TSTR target `{m['target']}`", "",
              f"Epochs {t['epochs']}, batch {', '.join(f'{b} ({m_})' for m_, b in t['batches'].items())}, "
              f"{t['n_sampled']:,} rows sampled; quality and TSTR on the first {m['train_rows']:,}."
              + (f" Medians of {t['repeats']} runs (model seeds {', '.join(str(r['seed']) for r in next(iter(t['contenders'].values()))['runs'])}), "
-                "ranges in brackets." if t["repeats"] > 1 else ""), "",
+                "ranges in brackets." if t["repeats"] > 1 else "")
+             + (f" genforge's precision: {', '.join(precisions)} (`train.precision` {shipped});" if precisions else "")
+             + " SDV's: fp32" + (" (`sdv_bf16`: its fit under bf16 autocast)." if any(k.startswith("sdv_bf16") for k in t["contenders"]) else "."), "",
              "| model | contender | fit s | prep s | sampling rows/s | peak RSS MB (after imports) | quality sdmetrics | "
              "quality genforge | TSTR accuracy | exact copies |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     res = t["contenders"]
@@ -503,8 +515,9 @@ def table_report(name: str, t: dict[str, Any], args: argparse.Namespace) -> list
         if not pairs:
             continue
         ci = " [95% interval over seeds]" if t["repeats"] >= 3 else ""
-        verdict = "target: >= 2x and quality >= SDV's (medians)" if peer == "sdv" else \
-            "quality >= (same footing: a mixture per seed on both sides; not the target)"
+        verdict = {"sdv": "target: >= 2x and quality >= SDV's (medians)",
+                   "sdv_seeded": "quality >= (same footing: a mixture per seed on both sides; not the target)",
+                   "sdv_bf16": "quality >= (SDV allowed bf16 too; not the target)"}[peer]
         lines += [f"| model | {peer} fit s / genforge fit s | quality genforge - {peer} (sdmetrics){ci} | "
                   f"TSTR genforge - {peer}{ci} | {verdict} |", "|---|---:|---:|---:|---|"]
         for model in pairs:
@@ -574,7 +587,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tables", default=",".join(TABLES), help=f"comma-separated: {', '.join(TABLES)}")
     p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated: {', '.join(MODELS)}")
-    p.add_argument("--contenders", default="genforge,sdv", help="comma-separated: genforge, sdv, sdv_seeded")
+    p.add_argument("--contenders", default="genforge,sdv", help="comma-separated: genforge, sdv, sdv_seeded, sdv_bf16")
     p.add_argument("--epochs", type=int, default=None, help="300 (2 with --quick)")
     p.add_argument("--table-epochs", action="append", default=[], metavar="TABLE=N",
                    help="other epochs for one table, both contenders (diamonds=30: 300 epochs of 43k rows take SDV's "
