@@ -88,3 +88,28 @@ def test_two_processes_match_one_with_double_batch_and_resume_exactly(tmp_path):
     ref = load_file(str(ddp.path / "checkpoints/step-0000030/model.safetensors"))
     got = load_file(str(crashed / "checkpoints/step-0000030/model.safetensors"))
     assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+TEARDOWN = """
+import os, torch, torch.distributed as dist
+from genforge.distributed import close_processes, init_processes
+procs = init_processes("cpu")
+# the first optimizer imports torch._dynamo, and with it torch.distributed.nn.functional (see init_processes)
+torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
+dist.barrier()
+close_processes(procs)
+threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("gloo threads left:", [t for t in threads if "gloo" in t])
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads thread names from /proc (Linux)")
+def test_closing_the_process_group_stops_gloos_threads(tmp_path):
+    """The cause of an intermittent SIGABRT after completed torchrun runs: a module torch imports lazily kept
+    the gloo group alive past destroy_process_group, and its threads could abort the interpreter's exit."""
+    script = tmp_path / "teardown.py"
+    script.write_text(TEARDOWN)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("gloo threads left: []") == 2, res.stdout
