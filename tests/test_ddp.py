@@ -91,7 +91,8 @@ def test_two_processes_match_one_with_double_batch_and_resume_exactly(tmp_path):
 
 
 TEARDOWN = """
-import os, torch, torch.distributed as dist
+import json, os, sys, torch, torch.distributed as dist
+from pathlib import Path
 from genforge.distributed import close_processes, init_processes
 procs = init_processes("cpu")
 # the first optimizer imports torch._dynamo, and with it torch.distributed.nn.functional (see init_processes)
@@ -99,7 +100,7 @@ torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
 dist.barrier()
 close_processes(procs)
 threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-print("gloo threads left:", [t for t in threads if "gloo" in t])
+Path(sys.argv[1], f"rank{os.environ['RANK']}.json").write_text(json.dumps([t for t in threads if "gloo" in t]))
 """
 
 
@@ -109,7 +110,9 @@ def test_closing_the_process_group_stops_gloos_threads(tmp_path):
     the gloo group alive past destroy_process_group, and its threads could abort the interpreter's exit."""
     script = tmp_path / "teardown.py"
     script.write_text(TEARDOWN)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert res.stdout.count("gloo threads left: []") == 2, res.stdout
+    # one file per rank: the two ranks' stdout interleaves
+    left = {r: json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)}
+    assert left == {0: [], 1: []}
