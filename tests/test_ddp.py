@@ -35,12 +35,18 @@ CONFIG = {
 WINDOW, REL_TOL = 10, 0.15
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
-    genforge = shutil.which("genforge", path=str(Path(sys.executable).parent)) or shutil.which("genforge")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", genforge, *args]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+def two_processes(program: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`program args` as two processes under torchrun, which must both succeed."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", program, *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
+
+
+def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """The genforge CLI (`genforge args`) as two processes."""
+    genforge = shutil.which("genforge", path=str(Path(sys.executable).parent)) or shutil.which("genforge")
+    return two_processes(genforge, *args)
 
 
 def test_each_process_takes_its_share_of_the_same_global_batch():
@@ -110,9 +116,7 @@ def test_closing_the_process_group_stops_gloos_threads(tmp_path):
     the gloo group alive past destroy_process_group, and its threads could abort the interpreter's exit."""
     script = tmp_path / "teardown.py"
     script.write_text(TEARDOWN)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path)]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+    two_processes(str(script), str(tmp_path), timeout=300)
     # one file per rank: the two ranks' stdout interleaves
     left = {r: json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)}
     assert left == {0: [], 1: []}
