@@ -16,7 +16,6 @@ import numpy as np
 from PIL import Image
 
 from genforge.errors import ConfigError
-from genforge.labels import label_png
 from genforge.models import ImageSamples, Samples, TableSamples, TextSamples
 from genforge.tabular.provenance import with_columns
 from genforge.workspace import atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_write_with
@@ -50,6 +49,8 @@ def to_pil(array: np.ndarray) -> Image.Image:
 def write_images(samples: ImageSamples, out: Path, meta: dict[str, Any]) -> Path:
     """grid.png, sample-0000.png ... and samples.json (with each sample's generation id); returns the grid's
     path. Every PNG carries the AI-content labels (genforge.labels): it is the raw sample plus the watermark."""
+    from genforge.labels import label_png  # here: its watermark imports scipy.fft, 0.15 s a table or text write never needs
+
     out.mkdir(parents=True, exist_ok=True)
     model, version = str(meta.get("run", "")), str(meta.get("checkpoint", ""))
     ids = []

@@ -40,6 +40,7 @@ from torch import nn
 from genforge.config import StrictModel
 from genforge.errors import ModelError
 from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
+from genforge.tabular import draws
 from genforge.tabular.columns import Codec
 from genforge.tabular.family import TableState, fit_table, sample_table, schema_columns, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
@@ -198,10 +199,9 @@ class Copula(nn.Module):
         quad = (w ** 2).sum(0) - (z.double() ** 2).sum(1)
         return (0.5 * quad + torch.log(torch.diagonal(self.cholesky)).sum()).mean().float()
 
-    def propose(self, seeds: list[int], conditions: list[dict[str, Any]]) -> pd.DataFrame:
-        eps = torch.stack([torch.randn(len(self.marginals), generator=torch.Generator().manual_seed(s), dtype=torch.float64)
-                           for s in seeds])
-        u = ndtr((eps @ self.cholesky.T.cpu()).numpy())
+    def propose(self, seeds: np.ndarray, conditions: list[dict[str, Any]]) -> pd.DataFrame:
+        eps = draws.normal(seeds, 0, len(self.marginals))
+        u = ndtr(eps @ self.cholesky.T.cpu().numpy())
         values: dict[str, np.ndarray] = {}
         for j, m in enumerate(self.marginals):
             if m["role"] == "value":

@@ -39,6 +39,7 @@ from genforge.config import StrictModel
 from genforge.errors import ModelError
 from genforge.kernels import Linear
 from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
+from genforge.tabular import draws
 from genforge.tabular.family import TableState, fit_table, sample_table, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
 from genforge.tabular.segments import Segments, encode_grouped, gumbel
@@ -313,25 +314,32 @@ def val_loss(modules: dict[str, nn.Module], batch: Batch) -> tuple[dict[str, tor
     return {"d_loss": d_loss, "cond_ce": cond_loss(raw, g.seg, cond, cols, cats)}, n
 
 
-def _propose(g: Generator, seeds: list[int], conditions: list[dict[str, Any]]) -> pd.DataFrame:
-    """One candidate row per seed: z, the condition and the Gumbel noise all from that seed."""
+def _propose(g: Generator, seeds: np.ndarray, conditions: list[dict[str, Any]]) -> pd.DataFrame:
+    """One candidate row per seed: z (its stream 0), the condition (1) and the Gumbel noise (2) all
+    from that seed."""
     state, cond = g.state, g.cond
     device = next(g.parameters()).device
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    z = torch.stack([torch.randn(g.z_dim, generator=q) for q in gens]).to(device)
-    cols = torch.zeros(len(seeds), dtype=torch.long)
-    cats = torch.zeros(len(seeds), dtype=torch.long)
+    cols = np.zeros(len(seeds), dtype=np.int64)
+    cats = np.zeros(len(seeds), dtype=np.int64)
+    if cond.n:
+        u = draws.uniform(seeds, 1, 2)
+        cols = np.minimum((u[:, 0] * cond.n).astype(np.int64), cond.n - 1)
+        cats = draws.categorical(u[:, 1], cond.freq.double().cpu().numpy()[cols])
     names = [s.column for s in state.transformer.spans if s.role == "category"]
-    for i, (q, c) in enumerate(zip(gens, conditions)):
-        asked = [(names.index(name), code) for name, code in
-                 (state.codec.condition(k, v) for k, v in c.items() if not isinstance(v, dict)) if name in names]
-        if asked:
-            cols[i], cats[i] = asked[0]
-        elif cond.n:
-            cols[i] = int(torch.randint(cond.n, (1,), generator=q))
-            cats[i] = int(torch.multinomial(cond.freq[int(cols[i])].cpu(), 1, generator=q))
-    raw = g(z, cond.vector(cols.to(device), cats.to(device))).float().cpu()
-    noise = gumbel(torch.stack([torch.rand(raw.shape[1], generator=q) for q in gens]))
+    given: dict[str, tuple[int, int] | None] = {}  # a condition -> the conditional vector it sets, once per distinct one
+    for i, c in enumerate(conditions):
+        if not c:
+            continue
+        key = repr(sorted(c.items()))
+        if key not in given:
+            asked = [(names.index(name), code) for name, code in
+                     (state.codec.condition(k, v) for k, v in c.items() if not isinstance(v, dict)) if name in names]
+            given[key] = asked[0] if asked else None
+        if given[key] is not None:
+            cols[i], cats[i] = given[key]
+    z = torch.from_numpy(draws.normal(seeds, 0, g.z_dim)).float().to(device)
+    raw = g(z, cond.vector(torch.from_numpy(cols).to(device), torch.from_numpy(cats).to(device))).float().cpu()
+    noise = gumbel(torch.from_numpy(draws.uniform(seeds, 2, raw.shape[1]))).float()
     out = raw.clone()
     for s in state.transformer.spans:  # one-hot spans: the Gumbel-max draw from G's softmax
         if s.role != "value":

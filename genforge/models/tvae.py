@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from pydantic import Field
@@ -27,6 +28,7 @@ from torch import nn
 from genforge.config import StrictModel
 from genforge.kernels import Linear
 from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, SampleRequest, TableSamples
+from genforge.tabular import draws
 from genforge.tabular.family import TableState, fit_table, sample_table, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
 from genforge.tabular.segments import Segments, encode_grouped, gumbel
@@ -199,19 +201,18 @@ def val_loss(modules: dict[str, nn.Module], batch: Batch) -> tuple[dict[str, tor
     return {"loss": dec.loss_factor * recon + kl, "recon": recon, "kl": kl}, len(batch["x"])
 
 
-def _propose(dec: Decoder, seeds: list[int], temperature: float) -> pd.DataFrame:
+def _propose(dec: Decoder, seeds: np.ndarray, temperature: float) -> pd.DataFrame:
     """One candidate row per seed (conditions are met by rejection): z, the values' noise and, above
     temperature 0, the one-hot spans' Gumbel noise from that seed. Gumbel-max: the argmax of
     logits / T + Gumbel noise is a draw from softmax(logits / T), so the transformer's argmax decodes
     either choice."""
     device = dec.sigma.device
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
-    z = torch.stack([torch.randn(dec.z_dim, generator=q) for q in gens]).to(device)
+    z = torch.from_numpy(draws.normal(seeds, 0, dec.z_dim)).float().to(device)
     raw = dec(z).float().cpu()
-    noise = torch.stack([torch.randn(raw.shape[1], generator=q) for q in gens])
+    noise = torch.from_numpy(draws.normal(seeds, 1, raw.shape[1])).float()
     sigma = dec.sigma.detach().float().cpu()
     if temperature > 0:
-        out = raw / temperature + gumbel(torch.stack([torch.rand(raw.shape[1], generator=q) for q in gens]))
+        out = raw / temperature + gumbel(torch.from_numpy(draws.uniform(seeds, 2, raw.shape[1]))).float()
     else:
         out = raw.clone()
     v = dec.seg.values.cpu()

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from genforge.errors import ConfigError, DataError, ModelError
+from genforge.tabular.draws import as_seeds, mix
 
 FORMAT = "genforge-table-codec/1"
 LEARNED_TYPES = ("numeric", "datetime", "categorical", "boolean")
@@ -449,20 +450,11 @@ def _decode_discrete(spec: ColumnSpec, codes: np.ndarray) -> pd.Series:
     return pd.Series(pd.array(values, dtype="boolean")).astype(spec.dtype)
 
 
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: a bijection of uint64 that scatters neighbouring seeds."""
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
 def _synthetic_ids(spec: ColumnSpec, seeds: Sequence[int]) -> pd.Series:
     """An id per row from its own seed and the column's name: the same seed gives the same id, and
     ID_DIGITS random digits make a repeat among 10^6 rows a 1% event (not impossible)."""
     salt = np.uint64(zlib.crc32(spec.name.encode("utf-8")))
-    h = _mix(np.array([s & (2**64 - 1) for s in seeds], dtype=np.uint64) ^ salt)
+    h = mix(as_seeds(seeds) ^ salt)
     if len(spec.template) == 1 and isinstance(spec.template[0], int):  # integer ids, first digit not 0
         digits = spec.template[0]
         ids = 10 ** (digits - 1) + (h % np.uint64(9 * 10 ** (digits - 1))).astype(np.int64)
@@ -470,7 +462,7 @@ def _synthetic_ids(spec: ColumnSpec, seeds: Sequence[int]) -> pd.Series:
     total = sum(p for p in spec.template if isinstance(p, int))
     chunks = []  # 18 digits per round of mixing
     for _ in range(math.ceil(total / 18)):
-        h = _mix(h)
+        h = mix(h)
         chunks.append(h % np.uint64(10**18))
     digits = ["".join(f"{int(c[i]):018d}" for c in chunks) for i in range(len(seeds))]
     ids = []

@@ -21,6 +21,7 @@ from pydantic import Field, model_validator
 
 from genforge.config import StrictModel
 from genforge.errors import ConfigError, ModelError
+from genforge.tabular import draws
 from genforge.tabular.provenance import Provenance
 
 MAX_ROUNDS = 6  # candidates per pending item double each round: 1 + 2 + ... + 32 = 63 draws at most
@@ -75,10 +76,10 @@ class SampleOptions(StrictModel):
     provenance: Provenance = "sidecar"  # the AI-content label: a sidecar file, columns on every row, or both
 
 
-def candidate_seeds(seed: int, round_: int, count: int) -> list[int]:
-    """The seeds of an item's `count` candidates in round `round_`: a function of its own seed only."""
-    state = np.random.SeedSequence([seed, round_]).generate_state(count, np.uint64)
-    return [int(s >> np.uint64(1)) for s in state]
+def candidate_seeds(seeds: np.ndarray, round_: int, count: int) -> np.ndarray:
+    """uint64 (len(seeds) * count,): each item's `count` candidate seeds in round `round_`, item after
+    item; an item's are a function of its own seed only."""
+    return draws.bits(seeds, round_, count).ravel()
 
 
 # ---- the privacy guard ------------------------------------------------------------------------
@@ -191,7 +192,7 @@ class Guard:
         return np.isin(row_hashes(frame, self.columns), self.hashes)
 
 
-Draw = Callable[[list[int], list[dict[str, Any]]], pd.DataFrame]  # (seeds, conditions) -> one row per seed
+Draw = Callable[[np.ndarray, list[dict[str, Any]]], pd.DataFrame]  # (uint64 seeds, conditions) -> one row per seed
 
 
 def draw_rows(draw: Draw, seeds: Sequence[int], conditions: Sequence[dict[str, Any]] | None, rules: Rules,
@@ -202,19 +203,20 @@ def draw_rows(draw: Draw, seeds: Sequence[int], conditions: Sequence[dict[str, A
     one. An item whose condition no candidate met after `max_rounds` is an error that says how many
     candidates met it, rather than a silently shorter table."""
     n = len(seeds)
+    seeds = draws.as_seeds(seeds)
     conds = list(conditions) if conditions is not None else [{} for _ in range(n)]
     frames: list[pd.DataFrame] = []
-    chosen: list[tuple[int, int] | None] = [None] * n  # (round, row of that round's frame)
-    pending = list(range(n))
+    frame_of = np.full(n, -1)  # the round whose frame holds item i's row, and which row of it
+    row_of = np.full(n, -1)
+    pending = np.arange(n)
     seen: dict[str, set] = {c: set() for c in rules.unique}
     rejected = {"condition": 0, "rule": 0, "copy": 0, "duplicate": 0}
     for r in range(max_rounds):
-        if not pending:
+        if not len(pending):
             break
         k = 1 << r
         owners = np.repeat(pending, k)
-        cand_seeds = [s for i in pending for s in candidate_seeds(seeds[i], r, k)]
-        frame = draw(cand_seeds, [conds[i] for i in owners]).reset_index(drop=True)
+        frame = draw(candidate_seeds(seeds[pending], r, k), [conds[i] for i in owners]).reset_index(drop=True)
         met = np.ones(len(frame), bool)
         groups: dict[str, list[int]] = {}
         for j, i in enumerate(owners):
@@ -227,22 +229,26 @@ def draw_rows(draw: Draw, seeds: Sequence[int], conditions: Sequence[dict[str, A
         rejected["condition"] += int((~met).sum())
         rejected["rule"] += int((met & ~ruled).sum())
         rejected["copy"] += int((met & ruled & copy).sum())
-        ok = met & ruled & ~copy
-        values = {c: frame[c].tolist() for c in rules.unique}
-        for j in np.flatnonzero(ok):
-            i = owners[j]
-            if chosen[i] is not None:
-                continue
-            if any(values[c][j] in seen[c] for c in rules.unique if pd.notna(values[c][j])):
-                rejected["duplicate"] += 1
-                continue
-            for c in rules.unique:
-                if pd.notna(values[c][j]):
-                    seen[c].add(values[c][j])
-            chosen[i] = (len(frames), int(j))
+        ok = np.flatnonzero(met & ruled & ~copy)
+        if rules.unique:  # in order, since a kept row's values bar later candidates
+            values = {c: frame[c].tolist() for c in rules.unique}
+            kept = []
+            for j in ok:
+                if kept and owners[kept[-1]] == owners[j]:  # its item has its row
+                    continue
+                if any(values[c][j] in seen[c] for c in rules.unique if pd.notna(values[c][j])):
+                    rejected["duplicate"] += 1
+                    continue
+                for c in rules.unique:
+                    if pd.notna(values[c][j]):
+                        seen[c].add(values[c][j])
+                kept.append(j)
+            ok = np.array(kept, dtype=np.int64)
+        first = ok[np.unique(owners[ok], return_index=True)[1]]  # each item's first acceptable candidate
+        frame_of[owners[first]], row_of[owners[first]] = len(frames), first
         frames.append(frame)
-        pending = [i for i in pending if chosen[i] is None]
-    if pending:
+        pending = pending[frame_of[pending] < 0]
+    if len(pending):
         i = pending[0]
         tries = (1 << max_rounds) - 1
         what = f"condition {conds[i]}" if conds[i] else "the business rules and the privacy guard"
@@ -250,5 +256,5 @@ def draw_rows(draw: Draw, seeds: Sequence[int], conditions: Sequence[dict[str, A
                          f"draws per row (rejected: {rejected}). The model rarely or never produces such rows; "
                          "relax the condition, or raise sample.max_rounds")
     offsets = np.cumsum([0] + [len(f) for f in frames])
-    rows = [offsets[g] + j for g, j in chosen]
+    rows = offsets[frame_of] + row_of
     return pd.concat(frames, ignore_index=True).iloc[rows].reset_index(drop=True), rejected
