@@ -87,7 +87,6 @@ def generate(run: str | Path, n: int = 64, *, seed: int = 0, labels: list[str | 
     """Sample from a run's newest good checkpoint and write the samples with the writer of their kind.
 
     Prompts: `n` completions per prompt. Labels: one class (name or index) for all, or one per item."""
-    from genforge.moderation import Moderator, moderate_samples
     from genforge.outputs import write_samples
     from genforge.runs import load_run
 
@@ -102,6 +101,8 @@ def generate(run: str | Path, n: int = 64, *, seed: int = 0, labels: list[str | 
                                  conditions=None if conditions is None else tuple(conditions), options=dict(options or {}))
     samples = loaded.sample(request, batch_size)
     if samples.kind == "text":  # texts reach people like the service's answers: moderated the same way
+        from genforge.moderation import Moderator, moderate_samples  # here: images and tables never load its lists
+
         samples = moderate_samples(Moderator(), samples)
     if out is None:
         tag = "-".join(re.sub(r"[^A-Za-z0-9.]+", "_", f"{k}{v}")[:40] for k, v in sorted((options or {}).items()))
