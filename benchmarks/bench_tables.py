@@ -40,8 +40,10 @@ peer allowed the same hardware feature: SDV's `fit` inside `torch.autocast("cpu"
 Figures per contender:
 - fit s: SDV's `synthesizer.fit`; genforge's `train` (its own preprocessing, the model, one final
   checkpoint). Preparation beside it (genforge's ingest; SDV's metadata detection), not in the ratio.
-- sampling rows/s: max(train rows, 1,000) rows in one call (`synthesizer.sample`; genforge's
-  `generate`, which also loads the run from disk and writes the rows).
+- sampling rows/s: max(train rows, 1,000) rows in one call from the fitted model in memory
+  (`synthesizer.sample`; genforge's `Model.sample` on the run loaded from its checkpoint, the load
+  not timed, as SDV's synthesizer is in memory when `fit` returns). genforge's `generate` of the
+  same rows (load, sample, write the csv and its label) is timed after it: generate_s in the json.
 - peak RSS of the contender's process (imports included; the RSS after imports beside it).
 - quality: sdmetrics' single-table `QualityReport` score of the first train-rows synthetic rows against
   the real train rows, as SDV reports it, and genforge's `evaluation.tabular.quality_report` beside it.
@@ -260,6 +262,8 @@ def child_genforge(args: argparse.Namespace, train: pd.DataFrame, meta: dict[str
     import sklearn.mixture  # noqa: F401  (genforge imports it when it first fits; SDV's rdt at import)
     import torch._dynamo  # noqa: F401  (the optimizers' first construction imports it, in both contenders' fits)
     from genforge import api
+    from genforge.models import SampleRequest
+    from genforge.runs import load_run
     importlib.import_module(f"genforge.models.{args.model}")  # the family's code, as SDV's synthesizers are imported
     torch.set_num_threads(args.threads)
     import_rss = peak_rss_mb()
@@ -273,10 +277,16 @@ def child_genforge(args: argparse.Namespace, train: pd.DataFrame, meta: dict[str
     t = time.perf_counter()
     run = api.train(config, overrides=args.gf_set or None, console=Console(stderr=True, quiet=True))
     fit_s = time.perf_counter() - t
+    model = load_run(run.id).model()  # not timed: SDV's synthesizer is in memory when its fit returns
     t = time.perf_counter()
-    rows = api.generate(run.id, args.n, seed=args.seed, batch_size=args.n).samples.frame
+    rows = model.sample(SampleRequest.make(args.n, args.seed), batch_size=args.n).frame
     sample_s = time.perf_counter() - t
-    return rows, {"prep_s": prep_s, "fit_s": fit_s, "sample_s": sample_s, "import_rss_mb": import_rss, "steps": steps,
+    t = time.perf_counter()
+    again = api.generate(run.id, args.n, seed=args.seed, batch_size=args.n).samples.frame  # what a user runs
+    generate_s = time.perf_counter() - t
+    assert again.equals(rows), "generate drew other rows than the model did"
+    return rows, {"prep_s": prep_s, "fit_s": fit_s, "sample_s": sample_s, "generate_s": generate_s,
+                  "import_rss_mb": import_rss, "steps": steps,
                   "config": config, "config_from": shipped_settings(args.model)["path"], "overrides": args.gf_set,
                   "precision": run.info["precision"]}
 
@@ -436,7 +446,8 @@ def bench_table(args: argparse.Namespace, name: str) -> dict[str, Any]:
                 if "error" in r:
                     print(f"  {key} (seed {seed}): FAILED\n    " + r["error"].replace("\n", "\n    "), flush=True)
                 else:
-                    print(f"  {key} (seed {seed}): fit {r['fit_s']:.1f} s, sampled {r['rows']} rows in {r['sample_s']:.2f} s, "
+                    print(f"  {key} (seed {seed}): fit {r['fit_s']:.1f} s, sampled {r['rows']} rows in {r['sample_s']:.2f} s"
+                          + (f" (generate {r['generate_s']:.2f} s)" if "generate_s" in r else "") + ", "
                           f"peak RSS {r['peak_rss_mb']:.0f} MB", flush=True)
         done = [k for k, r in results.items() if "error" not in r]
         sdm = sdmetrics_scores(folder, [*done, *(["holdout"] if not real else [])])
@@ -520,14 +531,15 @@ def table_report(name: str, t: dict[str, Any], args: argparse.Namespace) -> list
         verdict = {"sdv": "target: >= 2x and quality >= SDV's (medians)",
                    "sdv_seeded": "quality >= (same footing: a mixture per seed on both sides; not the target)",
                    "sdv_bf16": "quality >= (SDV allowed bf16 too; not the target)"}[peer]
-        lines += [f"| model | {peer} fit s / genforge fit s | quality genforge - {peer} (sdmetrics){ci} | "
-                  f"TSTR genforge - {peer}{ci} | {verdict} |", "|---|---:|---:|---:|---|"]
+        lines += [f"| model | {peer} fit s / genforge fit s | sampling rows/s genforge / {peer} | "
+                  f"quality genforge - {peer} (sdmetrics){ci} | TSTR genforge - {peer}{ci} | {verdict} |",
+                  "|---|---:|---:|---:|---:|---|"]
         for model in pairs:
             g, s = res[f"genforge-{model}"], res[f"{peer}-{model}"]
             ratio = s["fit_s"] / g["fit_s"]
             dq = None if g["quality_sdmetrics"] is None or s["quality_sdmetrics"] is None else g["quality_sdmetrics"] - s["quality_sdmetrics"]
             met = (ratio >= 2 or peer != "sdv") and dq is not None and dq >= 0
-            lines.append(f"| {model} | {ratio:.2f}x | {fmt(dq, '+.3f')}{interval(g['runs'], s['runs'], 'quality_sdmetrics')} | "
+            lines.append(f"| {model} | {ratio:.2f}x | {g['sample_rows_per_s'] / s['sample_rows_per_s']:.2f}x | {fmt(dq, '+.3f')}{interval(g['runs'], s['runs'], 'quality_sdmetrics')} | "
                          f"{g['tstr_accuracy'] - s['tstr_accuracy']:+.3f}{interval(g['runs'], s['runs'], 'tstr_accuracy')} | "
                          f"{('met' if met else 'NOT met') if peer == 'sdv' else ('yes' if met else 'no')} |")
         lines.append("")

@@ -200,7 +200,7 @@ class Copula(nn.Module):
         return (0.5 * quad + torch.log(torch.diagonal(self.cholesky)).sum()).mean().float()
 
     def propose(self, seeds: np.ndarray, conditions: list[dict[str, Any]]) -> pd.DataFrame:
-        eps = draws.normal(seeds, 0, len(self.marginals))
+        eps = draws.normal(seeds, 0, len(self.marginals)).double().numpy()
         u = ndtr(eps @ self.cholesky.T.cpu().numpy())
         values: dict[str, np.ndarray] = {}
         for j, m in enumerate(self.marginals):

@@ -337,7 +337,7 @@ def _propose(g: Generator, seeds: np.ndarray, conditions: list[dict[str, Any]]) 
             given[key] = asked[0] if asked else None
         if given[key] is not None:
             cols[i], cats[i] = given[key]
-    z = torch.from_numpy(draws.normal(seeds, 0, g.z_dim)).float().to(device)
+    z = draws.normal(seeds, 0, g.z_dim).to(device)
     raw = g(z, cond.vector(torch.from_numpy(cols).to(device), torch.from_numpy(cats).to(device))).float().cpu()
     noise = gumbel(torch.from_numpy(draws.uniform(seeds, 2, raw.shape[1]))).float()
     out = raw.clone()

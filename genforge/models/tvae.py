@@ -207,9 +207,9 @@ def _propose(dec: Decoder, seeds: np.ndarray, temperature: float) -> pd.DataFram
     logits / T + Gumbel noise is a draw from softmax(logits / T), so the transformer's argmax decodes
     either choice."""
     device = dec.sigma.device
-    z = torch.from_numpy(draws.normal(seeds, 0, dec.z_dim)).float().to(device)
+    z = draws.normal(seeds, 0, dec.z_dim).to(device)
     raw = dec(z).float().cpu()
-    noise = torch.from_numpy(draws.normal(seeds, 1, raw.shape[1])).float()
+    noise = draws.normal(seeds, 1, raw.shape[1])
     sigma = dec.sigma.detach().float().cpu()
     if temperature > 0:
         out = raw / temperature + gumbel(torch.from_numpy(draws.uniform(seeds, 2, raw.shape[1]))).float()

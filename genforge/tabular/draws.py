@@ -20,12 +20,17 @@ GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 def mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: a bijection of uint64 that scatters neighbouring seeds."""
+    """splitmix64's finaliser of x + golden: a bijection of uint64 that scatters neighbouring seeds
+    (a new array; the steps run in place on it, a third faster than numpy's temporaries)."""
+    t = np.empty_like(x)
     with np.errstate(over="ignore"):
         x = x + GOLDEN
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
+        for shift, factor in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB), (31, None)):
+            np.right_shift(x, np.uint64(shift), out=t)
+            x ^= t
+            if factor is not None:
+                x *= np.uint64(factor)
+    return x
 
 
 def as_seeds(seeds: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -44,14 +49,20 @@ def bits(seeds: Sequence[int] | np.ndarray, stream: int, count: int) -> np.ndarr
 
 
 def uniform(seeds: Sequence[int] | np.ndarray, stream: int, count: int) -> np.ndarray:
-    """float64 (N, count) uniform on (0, 1), never 0 or 1: 53 random bits, centred in their cell."""
-    return ((bits(seeds, stream, count) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+    """float64 (N, count) uniform on (0, 1), never 0 or 1: 32 random bits each (the two halves of
+    one 64-bit value), centred in their cell."""
+    half = bits(seeds, stream, (count + 1) // 2)
+    u32 = half.view(np.uint32).reshape(len(half), -1)[:, :count]
+    return (u32 + 0.5) * 2.0**-32
 
 
-def normal(seeds: Sequence[int] | np.ndarray, stream: int, count: int) -> np.ndarray:
-    """float64 (N, count) standard normal: the inverse CDF of `uniform` (torch's, as scipy's import costs
-    half a second)."""
-    return torch.special.ndtri(torch.from_numpy(uniform(seeds, stream, count))).numpy()
+def normal(seeds: Sequence[int] | np.ndarray, stream: int, count: int) -> torch.Tensor:
+    """float32 (N, count) standard normal, by Box-Muller on `uniform`'s: three times faster here than
+    the inverse CDF in float64, and its tails reach 6.8 standard deviations."""
+    half = (count + 1) // 2
+    u = torch.from_numpy(uniform(seeds, stream, 2 * half)).float()
+    r, angle = torch.sqrt(-2 * torch.log(u[:, :half])), (2 * torch.pi) * u[:, half:]
+    return torch.cat([r * torch.cos(angle), r * torch.sin(angle)], 1)[:, :count]
 
 
 def categorical(u: np.ndarray, probs: np.ndarray) -> np.ndarray:
