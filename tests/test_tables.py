@@ -222,7 +222,8 @@ print(out)
 
 def test_tvae_draws_its_one_hot_spans_at_the_sampling_temperature(tmp_path):
     """Temperature 0: each category is its span's most likely option (the reference's argmax); above 0,
-    a draw from softmax(logits / T), each row from its own seed alone."""
+    a draw from softmax(logits / T), each row from its own seed alone. A missing flag is always a draw
+    from the decoder's p(missing | z): an argmax would never leave a value out where fewer than half are."""
     from genforge.models import tvae
     orders().to_csv(tmp_path / "orders.csv", index=False)
     genforge.ingest(str(tmp_path / "orders.csv"), "orders")
@@ -232,16 +233,19 @@ def test_tvae_draws_its_one_hot_spans_at_the_sampling_temperature(tmp_path):
     span = next(sp for sp in t.spans if sp.column == "region")
     cats = next(lc for lc in t.codec.learned if lc.name == "region").categories
     p = torch.tensor([0.6, 0.3, 0.1])
-    with torch.no_grad():  # every row's region logits are log p, whatever z is
+    flag = next(sp for sp in t.spans if sp.column == "discount" and sp.role == "missing")
+    with torch.no_grad():  # every row's region logits are log p, and 20% of its discounts missing, whatever z is
         dec.body[-1].weight.zero_()
         dec.body[-1].bias.zero_()
         dec.body[-1].bias[span.start:span.start + span.size] = p.log()
+        dec.body[-1].bias[flag.start:flag.start + 2] = torch.tensor([0.8, 0.2]).log()
     seeds = list(range(4000))
     for temperature, want in ((0.0, [1.0, 0.0, 0.0]), (1.0, p), (0.5, p**2 / (p**2).sum())):
         with torch.no_grad():
             rows, again = tvae._propose(dec, seeds, temperature), tvae._propose(dec, seeds[100:110], temperature)
         shares = rows["region"].value_counts(normalize=True).reindex(cats, fill_value=0.0).to_numpy()
         assert np.allclose(shares, want, atol=0.03), (temperature, shares)
+        assert abs(rows["discount"].isna().mean() - 0.2) < 0.03, (temperature, rows["discount"].isna().mean())
         # a row depends on its seed, not on the rows drawn beside it
         assert again.reset_index(drop=True).equals(rows.iloc[100:110].reset_index(drop=True))
     with pytest.raises(ValueError):

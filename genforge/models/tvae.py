@@ -12,7 +12,10 @@ tanh(x_hat) + sigma * noise, as the reference implementation's inverse transform
 (categories, modes, missing flags) take their most likely option at `sample.temperature` 0, the
 reference implementation's argmax, where z alone carries the variety; above 0 each option is drawn
 from softmax(logits / temperature), the decoder's own p(x | z) at 1. The choice trades the columns'
-own distributions against their relations: see `SampleConfig`.
+own distributions against their relations: see `SampleConfig`. Missing flags are always drawn from
+p(missing | z): an argmax leaves no value out wherever fewer than half are missing (penguins, 0.7% of
+each measurement missing: none in 27,500 rows sampled at temperature 0, 0.9% drawn; SDV's TVAE puts
+nulls back at random at the train share, which loses their relation to the other columns).
 """
 
 from __future__ import annotations
@@ -95,6 +98,8 @@ class Decoder(nn.Module):
         self.z_dim, self.loss_factor = config.embedding_dim, config.loss_factor
         self.state = state  # the fitted table: what sampling decodes with (the run's fitted state, not saved here)
         self.seg = Segments.of(state.transformer)
+        self.missing = torch.tensor([c for sp in state.transformer.spans if sp.role == "missing"
+                                     for c in range(sp.start, sp.start + sp.size)], dtype=torch.long)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.body(z)
@@ -202,8 +207,8 @@ def val_loss(modules: dict[str, nn.Module], batch: Batch) -> tuple[dict[str, tor
 
 
 def _propose(dec: Decoder, seeds: np.ndarray, temperature: float) -> pd.DataFrame:
-    """One candidate row per seed (conditions are met by rejection): z, the values' noise and, above
-    temperature 0, the one-hot spans' Gumbel noise from that seed. Gumbel-max: the argmax of
+    """One candidate row per seed (conditions are met by rejection): z, the values' noise, above
+    temperature 0 the one-hot spans' Gumbel noise, and the missing flags' from that seed. Gumbel-max: the argmax of
     logits / T + Gumbel noise is a draw from softmax(logits / T), so the transformer's argmax decodes
     either choice."""
     device = dec.sigma.device
@@ -215,6 +220,8 @@ def _propose(dec: Decoder, seeds: np.ndarray, temperature: float) -> pd.DataFram
         out = raw / temperature + gumbel(torch.from_numpy(draws.uniform(seeds, 2, raw.shape[1]))).float()
     else:
         out = raw.clone()
+    if len(dec.missing):  # missing flags: always a draw from the decoder's own p(missing | z), stream 3
+        out[:, dec.missing] = raw[:, dec.missing] + gumbel(torch.from_numpy(draws.uniform(seeds, 3, len(dec.missing)))).float()
     v = dec.seg.values.cpu()
     out[:, v] = torch.tanh(raw[:, v]) + sigma[v] * noise[:, v]
     return dec.state.transformer.inverse(out.numpy(), seeds)
