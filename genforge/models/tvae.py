@@ -9,7 +9,7 @@ both per row. After each update the scales are clamped to [0.01, 1]. Adam at 1e-
 
 Sampling: item i draws z and the noise on its values from its own seed; value spans are
 tanh(x_hat) + sigma * noise, as the reference implementation's inverse transform does. One-hot spans
-(categories, modes, missing flags) take their most likely option at `sample.temperature` 0, the
+(categories, modes) take their most likely option at `sample.temperature` 0, the
 reference implementation's argmax, where z alone carries the variety; above 0 each option is drawn
 from softmax(logits / temperature), the decoder's own p(x | z) at 1. The choice trades the columns'
 own distributions against their relations: see `SampleConfig`. Missing flags are always drawn from
@@ -208,9 +208,9 @@ def val_loss(modules: dict[str, nn.Module], batch: Batch) -> tuple[dict[str, tor
 
 def _propose(dec: Decoder, seeds: np.ndarray, temperature: float) -> pd.DataFrame:
     """One candidate row per seed (conditions are met by rejection): z, the values' noise, above
-    temperature 0 the one-hot spans' Gumbel noise, and the missing flags' from that seed. Gumbel-max: the argmax of
-    logits / T + Gumbel noise is a draw from softmax(logits / T), so the transformer's argmax decodes
-    either choice."""
+    temperature 0 the one-hot spans' Gumbel noise, and the missing flags' from that seed. Gumbel-max:
+    the argmax of logits / T + Gumbel noise is a draw from softmax(logits / T), so the transformer's
+    argmax decodes either choice."""
     device = dec.sigma.device
     z = draws.normal(seeds, 0, dec.z_dim).to(device)
     raw = dec(z).float().cpu()
