@@ -42,7 +42,7 @@ from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, S
 from genforge.tabular import draws
 from genforge.tabular.family import TableState, fit_table, sample_table, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
-from genforge.tabular.segments import Segments, encode_grouped, gumbel
+from genforge.tabular.segments import Segments, encode_grouped
 from genforge.tabular.vgm import TransformConfig
 
 
@@ -339,7 +339,7 @@ def _propose(g: Generator, seeds: np.ndarray, conditions: list[dict[str, Any]]) 
             cols[i], cats[i] = given[key]
     z = draws.normal(seeds, 0, g.z_dim).to(device)
     raw = g(z, cond.vector(torch.from_numpy(cols).to(device), torch.from_numpy(cats).to(device))).float().cpu()
-    noise = gumbel(torch.from_numpy(draws.uniform(seeds, 2, raw.shape[1]))).float()
+    noise = draws.gumbel(seeds, 2, raw.shape[1])
     out = raw.clone()
     for s in state.transformer.spans:  # one-hot spans: the Gumbel-max draw from G's softmax
         if s.role != "value":

@@ -34,7 +34,7 @@ from genforge.models import Batch, DataSpec, Fitted, Optimizer, OptimizerSpec, S
 from genforge.tabular import draws
 from genforge.tabular.family import TableState, fit_table, sample_table, table_state
 from genforge.tabular.sampling import Rules, SampleOptions
-from genforge.tabular.segments import Segments, encode_grouped, gumbel
+from genforge.tabular.segments import Segments, encode_grouped
 from genforge.tabular.vgm import TransformConfig
 
 
@@ -217,11 +217,11 @@ def _propose(dec: Decoder, seeds: np.ndarray, temperature: float) -> pd.DataFram
     noise = draws.normal(seeds, 1, raw.shape[1])
     sigma = dec.sigma.detach().float().cpu()
     if temperature > 0:
-        out = raw / temperature + gumbel(torch.from_numpy(draws.uniform(seeds, 2, raw.shape[1]))).float()
+        out = raw / temperature + draws.gumbel(seeds, 2, raw.shape[1])
     else:
         out = raw.clone()
     if len(dec.missing):  # missing flags: always a draw from the decoder's own p(missing | z), stream 3
-        out[:, dec.missing] = raw[:, dec.missing] + gumbel(torch.from_numpy(draws.uniform(seeds, 3, len(dec.missing)))).float()
+        out[:, dec.missing] = raw[:, dec.missing] + draws.gumbel(seeds, 3, len(dec.missing))
     v = dec.seg.values.cpu()
     out[:, v] = torch.tanh(raw[:, v]) + sigma[v] * noise[:, v]
     return dec.state.transformer.inverse(out.numpy(), seeds)

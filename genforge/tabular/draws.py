@@ -65,6 +65,18 @@ def normal(seeds: Sequence[int] | np.ndarray, stream: int, count: int) -> torch.
     return torch.cat([r * torch.cos(angle), r * torch.sin(angle)], 1)[:, :count]
 
 
+def gumbel_of(u: torch.Tensor) -> torch.Tensor:
+    """Gumbel(0, 1) noise from uniforms u (clamped off 0 and 1, where a log is infinite): training's
+    relaxed one-hot draw (`Segments.gumbel_softmax`) and sampling's Gumbel-max draws (`gumbel`)."""
+    return -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
+
+
+def gumbel(seeds: Sequence[int] | np.ndarray, stream: int, count: int) -> torch.Tensor:
+    """float32 (N, count) Gumbel(0, 1) noise from `uniform`'s: the argmax of logits plus it is a draw
+    from softmax(logits)."""
+    return gumbel_of(torch.from_numpy(uniform(seeds, stream, count))).float()
+
+
 def categorical(u: np.ndarray, probs: np.ndarray) -> np.ndarray:
     """int64 (N,): row i's category drawn from its distribution probs[i] (rows need not sum to 1
     exactly) with its uniform u[i]."""

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from genforge.kernels import linear
+from genforge.tabular.draws import gumbel_of
 from genforge.tabular.family import TableState, encode_table
 
 if TYPE_CHECKING:
@@ -149,13 +150,7 @@ class Segments(nn.Module):
     def gumbel_softmax(self, x: torch.Tensor, tau: float) -> torch.Tensor:
         """The relaxed one-hot draw of every span (Jang et al. 2017): softmax((logits + Gumbel) / tau)."""
         y = x[:, self.n_values:]
-        return self.softmax((y + gumbel(torch.rand_like(y))) / tau)
-
-
-def gumbel(u: torch.Tensor) -> torch.Tensor:
-    """Gumbel(0, 1) noise from uniforms u (clamped off 0 and 1, where a log is infinite): training's
-    relaxed draw, and sampling's Gumbel-max draw from each row's own generator."""
-    return -torch.log(-torch.log(u.clamp(1e-20, 1 - 1e-7)))
+        return self.softmax((y + gumbel_of(torch.rand_like(y))) / tau)
 
 
 def encode_grouped(state: TableState, dataset: "Dataset", split: str) -> dict[str, Any]:
