@@ -61,3 +61,25 @@ def test_onednn_trains_only_where_mkl_is_the_slower_kernel(monkeypatch):
         assert kernels.cpu_vendor() in ("AuthenticAMD", "GenuineIntel")
     monkeypatch.setattr(kernels, "TRAINING", False)
     assert kernels.Linear(300, 256)(torch.randn(500, 300)).grad_fn.name() != "_LinearBackward"
+
+
+def test_small_products_stay_fp32_under_bf16_autocast_where_amx_is(monkeypatch):
+    """Under the multiply-add threshold the product is fp32 (values and gradients of F.linear in fp32),
+    a bf16 input included; above it, and on CPUs without AMX, autocast's bf16 as before."""
+    monkeypatch.setattr(kernels, "TRAINING", False)
+    monkeypatch.setattr(kernels, "SMALL_IN_FP32", True)
+    small, large = kernels.Linear(38, 128), kernels.Linear(393, 256)
+    assert 275 * 38 * 128 < kernels.MIN_BF16_MACS <= 270 * 393 * 256
+    x = torch.randn(275, 38, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = small(x)
+        h = small(x.bfloat16())  # the previous layer's bf16 output: computed in fp32 all the same
+        assert large(torch.randn(270, 393)).dtype == torch.bfloat16
+    assert y.dtype == h.dtype == torch.float32
+    assert torch.equal(y, F.linear(x, small.weight, small.bias))
+    (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)  # a penalty's double backward runs too
+    assert torch.allclose(gx, 2 * y @ small.weight, rtol=1e-5, atol=1e-5)
+    torch.autograd.grad(gx.square().sum(), small.weight)
+    monkeypatch.setattr(kernels, "SMALL_IN_FP32", False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert small(x).dtype == torch.bfloat16

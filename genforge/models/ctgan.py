@@ -229,7 +229,10 @@ def _critic(d: Discriminator, real: torch.Tensor, fake: torch.Tensor) -> tuple[t
     alpha = torch.rand(groups, 1, 1, device=real.device).expand(groups, d.pac, real.shape[1]).reshape(real.shape)
     mixed = (alpha * real + (1 - alpha) * fake).requires_grad_(True)  # one weight per pac group
     out, d_mixed = d(torch.cat([real, fake])), d(mixed)
-    (grad,) = torch.autograd.grad(d_mixed.sum(), mixed, create_graph=True)
+    # outside autocast, as every backward here (`Optimizers.step`): each product's gradient in its forward's
+    # dtype, where autocast would cast the fp32 layers' (`kernels.MIN_BF16_MACS`) to bf16 and back
+    with torch.autocast(real.device.type, enabled=False):
+        (grad,) = torch.autograd.grad(d_mixed.sum(), mixed, create_graph=True)
     return out[:groups], out[groups:], ((grad.reshape(groups, -1).norm(2, dim=1) - 1) ** 2).mean()
 
 
