@@ -41,7 +41,8 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, str]:
     """`auto` -> bf16 where the hardware runs it natively, fp32 elsewhere; returns (precision, why).
 
     CPUs without avx512_bf16 or AMX emulate bf16 at about a quarter of fp32's speed (measured here),
-    so bf16 there is slower, not faster."""
+    so bf16 there is slower, not faster. Under bf16 on a CPU with AMX, `kernels.Linear` still computes
+    its small products in fp32, where AMX's fixed cost per call outweighs it (`kernels.MIN_BF16_MACS`)."""
     if precision != "auto":
         return precision, "as configured"
     if device.type == "cuda":
