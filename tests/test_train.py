@@ -187,3 +187,17 @@ def test_bf16_autocast_and_nchw_train(data):
     losses = [m["loss"] for m in run.metrics()]
     assert run.info["status"] == "completed" and all(np.isfinite(losses))
     assert run.sample(SampleRequest.make(2, options={"steps": 2})).images.shape == (2, 1, 28, 28)
+
+
+@pytest.mark.parametrize("val_every", [0, 2])
+def test_the_val_split_is_encoded_only_where_validation_reads_it(data, monkeypatch, val_every):
+    import genforge.models.diffusion as family
+    splits, encode = [], family.encode
+
+    def recorded(config, spec, fitted, dataset, split):
+        splits.append(split)
+        return encode(config, spec, fitted, dataset, split)
+    monkeypatch.setattr(family, "encode", recorded)
+    run = load_run(train(tiny(steps=2, val_every=val_every, checkpoint_every=2)))
+    assert splits == (["train"] if val_every == 0 else ["train", "val"])
+    assert [m["step"] for m in run.metrics() if m["split"] == "val"] == ([] if val_every == 0 else [0, 2])
