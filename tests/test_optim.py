@@ -89,3 +89,26 @@ def test_optimizers_the_direct_step_does_not_serve_fall_back_to_torchs():
     before = model.weight.detach().clone()
     opt.step("m", model(torch.ones(1, 2)).sum())
     assert opt.direct == set() and not torch.equal(before, model.weight)
+
+
+def test_the_logged_gradient_norm_is_each_optimizers_at_its_latest_update():
+    """Read when a log row asks: without clipping from the gradients the latest update left in place
+    (another optimizer's steps in between do not touch them), with clipping the norm before the rescale."""
+    torch.manual_seed(0)
+    a, b, x = torch.nn.Linear(3, 2), torch.nn.Linear(3, 1), torch.randn(4, 3)
+    for clip in (0.0, 1e-3):
+        for p in [*a.parameters(), *b.parameters()]:
+            p.grad = None
+        opt = Optimizers({"a": torch.optim.AdamW(a.parameters(), fused=True),
+                          "b": torch.optim.AdamW(b.parameters(), fused=True)}, grad_clip=clip)
+        assert opt.grad_norms() == {}  # nothing updated yet
+        loss = b(x).square().mean()
+        b_norm = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(b.parameters()), retain_graph=True)]).norm()
+        opt.step("b", loss)
+        for i in range(3):  # a steps on; b's norm stays that of its update
+            loss = a(x * (i + 1)).square().mean()
+            a_norm = torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(a.parameters()), retain_graph=True)]).norm()
+            opt.step("a", loss)
+        norms = opt.grad_norms()
+        assert set(norms) == {"a", "b"} and torch.allclose(norms["a"], a_norm) and torch.allclose(norms["b"], b_norm), clip
+        assert (norms["a"] > clip) and (clip == 0 or torch.cat([p.grad.flatten() for p in a.parameters()]).norm() < 2e-3)
