@@ -194,11 +194,7 @@ def main() -> None:
                   f"({med['floor'] / half:.0%} of that); genforge spends {med['genforge'] - med['floor']:.2f} s beyond the "
                   f"floor (its table transformer, data, conditions, loss spans, logging, checkpoint). The most any eager {precision} "
                   f"implementation of these networks can reach here is {med['sdv'] / med['floor']:.2f}x.", ""]
-    text = "\n".join(lines)
-    print("\n" + text)
-    if args.write:
-        bt.append_text(RESULTS_MD, text + "\n", "# TVAE's and CTGAN's floors: genforge, SDV and the bare networks\n\n")
-        print(f"written: {RESULTS_MD.relative_to(bt.REPO)}")
+    bt.publish("\n".join(lines), RESULTS_MD, "# TVAE's and CTGAN's floors: genforge, SDV and the bare networks\n\n", args.write)
 
 
 if __name__ == "__main__":

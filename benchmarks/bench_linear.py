@@ -78,11 +78,7 @@ def main() -> None:
         lines.append(f"| {rows} x {i} x {o} | {rows * i * o / 1e6:.2f} M | {cells} | {ratio:.2f} | "
                      f"{'bf16' if ratio < 1 else 'fp32'} |")
         print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
-    print("\n" + text)
-    if args.write:
-        bt.append_text(RESULTS_MD, text + "\n", "# Linear layers: where bf16 autocast pays on the CPU\n\n")
-        print(f"written: {RESULTS_MD.relative_to(bt.REPO)}")
+    bt.publish("\n".join(lines) + "\n", RESULTS_MD, "# Linear layers: where bf16 autocast pays on the CPU\n\n", args.write)
 
 
 if __name__ == "__main__":

@@ -603,6 +603,14 @@ def append_text(path: Path, text: str, header: str = "") -> None:
     atomic_write_text(path, (path.read_text(encoding="utf-8") if path.exists() else header) + text)
 
 
+def publish(text: str, path: Path, header: str, write: bool) -> None:
+    """Print a report and, with --write, add it to its results file (the small benchmarks beside this one)."""
+    print("\n" + text)
+    if write:
+        append_text(path, text + "\n", header)
+        print(f"written: {path.relative_to(REPO)}")
+
+
 def report(info: dict[str, Any], tables: dict[str, Any], args: argparse.Namespace) -> str:
     sv = info["sdv_venv"]
     lines = [f"## genforge vs SDV on tables, {info['date']}", "",
