@@ -21,10 +21,11 @@ only on AMD processors (`TRAINING`); elsewhere it is F.linear.
 Under bf16 autocast, small products are computed in fp32 on CPUs with AMX (`SMALL_IN_FP32`). AMX's
 bf16 kernels cost a fixed setup per call, and autocast casts each weight and fp32 input to bf16
 first; MKL's fp32 is fast on these Intel processors. On a 2-core Xeon with AMX (one thread), forward
-and backward of one layer: 275x38 by 38x128 took 141 us in fp32 and 198 under autocast, 27x256 by
-256x256 (a CTGAN critic layer) 154 against 226, 256 by 1 (its output) 48 against 136; at 270x393 by
-393x256 autocast won, 611 against 1158 us. The crossover lay between 6.5 and 8 million multiply-adds
-(rows x in x out) in 21 shapes; products under MIN_BF16_MACS stay fp32 there. On a CPU whose bf16
+and backward of one layer (benchmarks/bench_linear.py, results/linear.md): 275x38 by 38x128 took 136 us
+in fp32 and 193 under autocast, 27x256 by 256x256 (a CTGAN critic layer) 167 against 249, 256 by 1 (its
+output) 48 against 145; at 270x393 by 393x256 autocast won, 670 against 1,234 us. The crossover lay
+between 6.5 and 8 million multiply-adds (rows x in x out) in 21 shapes; products under MIN_BF16_MACS
+stay fp32 there. On a CPU whose bf16
 is avx512_bf16 without AMX (AMD EPYC), bf16 autocast was faster at every table size measured, so the
 rule applies only where AMX is present.
 """
