@@ -118,7 +118,8 @@ def optimizers(config: Config) -> dict[str, OptimizerSpec]:
     3e-3 (sdmetrics quality, train-on-synthetic accuracy; benchmarks/results/tables.md, 2026-12-04
     "TVAE's learning rate"): penguins 0.833 -> 0.854, 0.902 -> 0.973 (10 seeds); breast cancer 0.840 ->
     0.906 (5); txhousing 0.886 -> 0.904 (3); diamonds at 30 epochs (2,600 updates) 0.883 -> 0.890 (3).
-    2e-3 gained less everywhere; 5e-3 no more on breast cancer and lost TSTR on penguins (0.945)."""
+    2e-3 gained less on penguins and breast cancer; 5e-3 no more on breast cancer and lost TSTR on penguins
+    (0.945)."""
     return {"vae": OptimizerSpec(("encoder", "decoder"), lr=3e-3, betas=(0.9, 0.999), weight_decay=1e-5)}
 
 
