@@ -52,6 +52,7 @@ class TrainConfig(StrictModel):
     channels_last: bool = True  # NHWC convolutions: much faster on CPU (oneDNN) and tensor cores
     device: str = "auto"  # auto | cpu | cuda | cuda:N (torchrun picks the GPU of each process)
     threads: int | None = Field(default=None, ge=1)  # CPU threads per process; None: torch's default
+    flush_denormals: bool = True  # CPU floats under 1.2e-38 computed as 0: see devices.flush_denormals
     seed: int = 0
     init_from: str | None = None  # a run (id, prefix, path) or checkpoint folder to start from: fine-tuning
     log_every: int = Field(default=50, ge=1)

@@ -37,7 +37,7 @@ from genforge.checkpoint import (Checkpoint, capture_rng, latest_checkpoint, loa
                                  load_optimizers, open_checkpoint, restore_rng, save_checkpoint, save_fitted)
 from genforge.config import dump_yaml, read_yaml
 from genforge.data.store import Dataset, open_dataset
-from genforge.devices import autocast, place, resolve_precision
+from genforge.devices import autocast, flush_denormals, place, resolve_precision
 from genforge.distributed import Processes, close_processes, init_processes
 from genforge.errors import ConfigError, ModelError
 from genforge.models import Batch, DataSpec, Family, Fitted, get_family
@@ -52,6 +52,7 @@ UNITS = {"image": "img/s", "text": "tok/s", "table": "rows/s"}
 
 def train(config: RunConfig, *, resume: bool = False, run: str | None = None, console: Console | None = None) -> Path:
     """Train `config` (or continue the run it belongs to) until its budget is used up; returns the run directory."""
+    flush_denormals(config.train.flush_denormals)  # before the thread pool grows, so its new threads inherit it
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     procs = init_processes(config.train.device)

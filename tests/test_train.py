@@ -182,6 +182,17 @@ def test_ddp_is_not_needed_for_one_process(data):
     assert run.info["world_size"] == 1 and not torch.distributed.is_initialized()
 
 
+@pytest.mark.parametrize("flush", [True, False])
+def test_training_flushes_subnormal_floats_unless_told_not_to(data, flush):
+    """Subnormal arithmetic is many times slower on x86 (devices.flush_denormals): the trainer has the
+    CPU flush it to zero by default, and keeps IEEE subnormals with `train.flush_denormals: false`."""
+    try:
+        train(tiny(steps=1, val_every=0, flush_denormals=flush))
+        assert (torch.tensor([1e-39]) * 1.0).item() == (0.0 if flush else pytest.approx(1e-39))
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def test_bf16_autocast_and_nchw_train(data):
     run = load_run(train(tiny(steps=3, precision="bf16", channels_last=False, val_every=3)))
     losses = [m["loss"] for m in run.metrics()]
