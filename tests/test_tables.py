@@ -168,6 +168,27 @@ def test_ctgan_follows_a_condition_through_its_conditional_vector(tmp_path):
     assert set(zip(syn["city"], syn["province"])) <= {p for ps in CITIES.values() for p in ps}
 
 
+@pytest.mark.parametrize("generator_batch, forwards", [("fresh", 2), ("critic", 1)])
+def test_ctgan_generator_step_on_fresh_fakes_or_the_critics(tmp_path, monkeypatch, generator_batch, forwards):
+    """`generator_batch: critic` takes G's update on the critic step's fakes: one forward of G a step
+    instead of two; both train to finite losses."""
+    from genforge.models.ctgan import Generator
+    calls = []
+    grouped = Generator.grouped
+    monkeypatch.setattr(Generator, "grouped", lambda self, c: calls.append(1) or grouped(self, c))
+    path = tmp_path / "orders.csv"
+    orders(100).to_csv(path, index=False)
+    genforge.ingest(str(path), "orders")
+    config = {"name": "o", "data": {"dataset": "orders"},
+              "model": {"family": "ctgan", "embedding_dim": 8, "generator_dims": [16], "discriminator_dims": [16],
+                        "generator_batch": generator_batch},
+              "train": {"steps": 4, "batch_size": 50, "precision": "fp32", "threads": 1, "val_every": 0, "log_every": 2}}
+    run = genforge.train(config)
+    assert len(calls) == 4 * forwards
+    losses = [m for m in run.metrics() if m["split"] == "train"]
+    assert losses and all(np.isfinite(m["g_loss"]) and np.isfinite(m["d_loss"]) for m in losses)
+
+
 def test_ctgan_condition_loss_is_each_columns_own_cross_entropy(tmp_path):
     """G's condition loss reads the conditioned category's log-probability out of the grouped row
     (option-major blocks): it equals the cross-entropy over that column's span in the transformer's order."""

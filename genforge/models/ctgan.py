@@ -16,7 +16,9 @@ What the paper specifies, and where it lives here:
   gradient penalty on interpolates (one interpolation weight per pac group);
 - the networks of the reference implementation: G of two residual blocks (Linear-BatchNorm-ReLU, input
   concatenated to the output), D of two LeakyReLU(0.2)+Dropout(0.5) layers; Adam at 2e-4, betas
-  (0.5, 0.9), weight decay 1e-6 for both; Gumbel-softmax (tau 0.2) on G's one-hot spans in training.
+  (0.5, 0.9), weight decay 1e-6 for both; Gumbel-softmax (tau 0.2) on G's one-hot spans in training;
+- the generator step on fresh z and conditions (`generator_batch: fresh`, the default), or on the critic
+  step's fakes (`critic`, one forward of G fewer: see `train_step`).
 
 Sampling: item i draws z, its condition (when it asks for none: a discrete column uniformly and a
 category by its real frequency, as the reference implementation samples) and the Gumbel noise that
@@ -56,6 +58,10 @@ class Config(StrictModel):
     pac: int = Field(default=10, ge=1)  # rows per critic input (PacGAN)
     gp_lambda: float = Field(default=10.0, ge=0.0)
     tau: float = Field(default=0.2, gt=0.0)  # Gumbel-softmax temperature for G's one-hot spans
+    # what G's update is computed on: "fresh" z and conditions (the reference implementation), or "critic":
+    # the critic step's own fakes, through the updated critic (as PyTorch's DCGAN example), one forward of G
+    # fewer a step. See `train_step`.
+    generator_batch: Literal["fresh", "critic"] = "fresh"
     transform: TransformConfig = TransformConfig()
     rules: Rules = Rules()
 
@@ -92,6 +98,7 @@ class Generator(nn.Module):
             dim += d
         self.body = nn.Sequential(*layers, Linear(dim, width))
         self.z_dim, self.tau, self.gp_lambda = config.embedding_dim, config.tau, config.gp_lambda
+        self.generator_batch = config.generator_batch
         self.state = state  # the fitted table: what sampling decodes with (not saved: it is the run's fitted state)
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -258,11 +265,15 @@ def _inverse_cdf(cdf: torch.Tensor, last: torch.Tensor | int) -> torch.Tensor:
 
 
 def train_step(modules: dict[str, nn.Module], batch: Batch, opt: Optimizer, step: int) -> dict[str, torch.Tensor]:
-    """One critic step, then one generator step (the reference implementation's discriminator_steps=1)."""
+    """One critic step, then one generator step (the reference implementation's discriminator_steps=1).
+
+    With `generator_batch: critic` the generator step reuses the critic step's fakes (z, conditions and
+    Gumbel noise, drawn as the reference draws the generator step's own) and their graph, judged by the
+    updated critic; the reference draws fresh ones, at the cost of a second forward of G."""
     g: Generator = modules["generator"]
     d: Discriminator = modules["discriminator"]
     cond: Conditions = g.cond
-    cfg_pac, tau, lam = d.pac, g.tau, g.gp_lambda
+    cfg_pac, tau, lam, reuse = d.pac, g.tau, g.gp_lambda, g.generator_batch == "critic"
     n = len(batch["x"]) // cfg_pac * cfg_pac
     if n == 0:
         raise ModelError(f"each process's batch must hold at least model.pac ({cfg_pac}) rows, got {len(batch['x'])}")
@@ -277,19 +288,24 @@ def train_step(modules: dict[str, nn.Module], batch: Batch, opt: Optimizer, step
     c_real, c_fake = cond.vector(cols, cats), cond.vector(f_cols, f_cats)
 
     # 1. critic: E[D(fake)] - E[D(real)] + lambda * GP
-    with torch.no_grad():
-        fake = activate(g.grouped(c_fake), g.seg, tau)
-    real_in, fake_in = torch.cat([real, c_real], 1), torch.cat([fake, c_fake], 1)
+    with torch.set_grad_enabled(reuse):
+        raw = g.grouped(c_fake)
+        fake = activate(raw, g.seg, tau)
+    real_in, fake_in = torch.cat([real, c_real], 1), torch.cat([fake.detach(), c_fake], 1)
     d_real, d_fake, gp = _critic(d, real_in, fake_in)
     d_loss = d_fake.mean() - d_real.mean()
     opt.step("discriminator", d_loss + lam * gp)
 
-    # 2. generator: -E[D(fake)] + the conditional vector's cross-entropy, on fresh conditions
-    cols, cats = cond.draw(n, x.device, log=True) if cond.n else (f_cols, f_cats)
-    c = cond.vector(cols, cats)
-    raw = g.grouped(c)
+    # 2. generator: -E[D(fake)] + the conditional vector's cross-entropy
+    if reuse:
+        c, cols, cats = c_fake, f_cols, f_cats
+    else:  # fresh conditions, as the reference
+        cols, cats = cond.draw(n, x.device, log=True) if cond.n else (f_cols, f_cats)
+        c = cond.vector(cols, cats)
+        raw = g.grouped(c)
+        fake = activate(raw, g.seg, tau)
     d.requires_grad_(False)
-    adv = -d(torch.cat([activate(raw, g.seg, tau), c], 1)).mean()
+    adv = -d(torch.cat([fake, c], 1)).mean()
     ce = cond_loss(raw, g.seg, cond, cols, cats)
     opt.step("generator", adv + ce)
     d.requires_grad_(True)
