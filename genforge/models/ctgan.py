@@ -267,9 +267,10 @@ def _inverse_cdf(cdf: torch.Tensor, last: torch.Tensor | int) -> torch.Tensor:
 def train_step(modules: dict[str, nn.Module], batch: Batch, opt: Optimizer, step: int) -> dict[str, torch.Tensor]:
     """One critic step, then one generator step (the reference implementation's discriminator_steps=1).
 
-    With `generator_batch: critic` the generator step reuses the critic step's fakes (z, conditions and
-    Gumbel noise, drawn as the reference draws the generator step's own) and their graph, judged by the
-    updated critic; the reference draws fresh ones, at the cost of a second forward of G."""
+    With `generator_batch: critic` the generator step reuses the critic step's fakes (their z, Gumbel noise
+    and conditions, whose distribution is the log-frequency one the reference draws the generator step's
+    conditions from) and their graph, judged by the updated critic; the reference draws fresh ones, at the
+    cost of a second forward of G."""
     g: Generator = modules["generator"]
     d: Discriminator = modules["discriminator"]
     cond: Conditions = g.cond
