@@ -48,7 +48,7 @@ TINY_MODELS = {
     "gpt": ({"family": "gpt", "vocab_size": 300, "block_size": 64, "n_layer": 2, "n_head": 2, "n_embd": 16},
             {"max_tokens": 6, "top_k": 50, "top_p": 0.95}, "text"),
     "ctgan": ({"family": "ctgan", "embedding_dim": 8, "generator_dims": [16], "discriminator_dims": [16], "pac": 2,
-               "transform": {"max_modes": 3}}, {}, "table"),
+               "generator_batch": "critic", "transform": {"max_modes": 3}}, {}, "table"),  # the shipped config's step
     "tvae": ({"family": "tvae", "embedding_dim": 8, "compress_dims": [16], "decompress_dims": [16],
               "transform": {"max_modes": 3}}, {}, "table"),
     "copula": ({"family": "copula", "quantiles": 51}, {}, "table"),
