@@ -73,7 +73,8 @@ def flush_denormals(on: bool) -> None:
     `denormals_optimization`); `train.flush_denormals: false` keeps IEEE subnormals.
 
     The flag is per thread: an OpenMP worker started after this call inherits it, one already running
-    keeps its own. The trainer sets it first, before `train.threads` sizes torch's pool."""
+    keeps its own. The trainer sets it first, before `train.threads` sizes torch's pool, and leaves it
+    set after the fit (torch has no getter for the previous state to restore)."""
     torch.set_flush_denormal(on)
 
 
